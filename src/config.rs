@@ -1,0 +1,682 @@
+//! Daemon configuration: one TOML file describing templates, resources, aggregations,
+//! markets, strategies, risk limits, the database URL and the listen addresses.
+//!
+//! Loading has two stages and both report errors as `FILE: KEY.PATH: what is wrong and what
+//! would be valid`:
+//! 1. syntax and shape (serde + toml, unknown keys refused),
+//! 2. meaning: names resolve, template parameters validate, no resource is committed above
+//!    100%, markets are consistent.
+//!
+//! The result, [`Park`], holds engine types only; ids are assigned in file order from 1.
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use vpp_engine::aggregation::{AggregationBook, ResourceFeed};
+use vpp_engine::error::ValidationError;
+use vpp_engine::ids::{AggregationId, MarketId, ResourceId, StrategyId, TemplateId};
+use vpp_engine::market::{Market, MarketKind};
+use vpp_engine::resource::{GeoLocation, LifecycleState, Resource};
+use vpp_engine::template::{ResourceKind, TemplateDraft, TemplateParams, TemplateRegistry};
+
+/// The demo park shipped with the binary; `vpp run` without `--config` uses it.
+pub const DEMO_CONFIG_TOML: &str = include_str!("../config/demo.toml");
+pub const DEMO_CONFIG_NAME: &str = "config/demo.toml (built in)";
+
+/// Largest config file accepted, so a wrong path (a log, a dump) fails fast.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A config error: which file, which key, what is wrong and what would be valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub templates: Vec<TemplateConfig>,
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+    #[serde(default)]
+    pub aggregations: Vec<AggregationConfig>,
+    #[serde(default)]
+    pub markets: Vec<MarketConfig>,
+    #[serde(default)]
+    pub strategies: Vec<StrategyConfig>,
+    /// Risk limits; their schema belongs to the risk crate and is validated there.
+    #[serde(default)]
+    pub risk: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// `sqlite://PATH` (the default, created if missing) or `postgres://...`.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// Operator API listen address.
+    #[serde(default = "default_api_listen")]
+    pub api_listen: String,
+    /// Built-in venue simulator listen address; port 0 picks a free port.
+    #[serde(default = "default_venue_listen")]
+    pub venue_listen: String,
+}
+
+fn default_database_url() -> String {
+    "sqlite://data/vpp.db".to_owned()
+}
+fn default_api_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_venue_listen() -> String {
+    "127.0.0.1:0".to_owned()
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            database_url: default_database_url(),
+            api_listen: default_api_listen(),
+            venue_listen: default_venue_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub name: String,
+    pub kind: ResourceKind,
+    pub params: TemplateParams,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    pub name: String,
+    /// Name of a template in this file; the resource pins its current version.
+    pub template: String,
+    pub site: String,
+    pub lat: f64,
+    pub lon: f64,
+    #[serde(default = "default_state")]
+    pub state: String,
+    /// How many identical resources to create, named `NAME-01`, `NAME-02`, ...
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn default_state() -> String {
+    "active".to_owned()
+}
+fn one() -> u32 {
+    1
+}
+
+/// Most resources one `[[resources]]` entry may expand to.
+pub const MAX_RESOURCE_COUNT: u32 = 10_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationConfig {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// A resource name, or a `[[resources]]` name with `count > 1` to take all of them.
+    pub resource: String,
+    #[serde(default = "hundred")]
+    pub share_pct: Decimal,
+}
+
+fn hundred() -> Decimal {
+    Decimal::ONE_HUNDRED
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketConfig {
+    pub name: String,
+    pub kind: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    pub price_cap_cny_per_mwh: Decimal,
+    pub price_floor_cny_per_mwh: Decimal,
+    #[serde(default)]
+    pub negative_prices_allowed: bool,
+    #[serde(default = "default_gate_closure")]
+    pub gate_closure_minutes_before: u32,
+}
+
+fn default_timezone() -> String {
+    "Asia/Shanghai".to_owned()
+}
+fn default_gate_closure() -> u32 {
+    // Yunnan: day-ahead bids close at 10:00 the day before delivery.
+    14 * 60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    pub name: String,
+    /// The registered strategy type, e.g. `battery_arbitrage`.
+    pub kind: String,
+    pub aggregation: String,
+    pub market: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A strategy instance resolved against the park.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategySpec {
+    pub id: StrategyId,
+    pub name: String,
+    pub kind: String,
+    pub aggregation_id: AggregationId,
+    pub market_id: MarketId,
+    pub enabled: bool,
+    pub params: toml::Table,
+}
+
+/// A validated configuration in engine types.
+#[derive(Debug, Clone)]
+pub struct Park {
+    pub source: String,
+    pub daemon: DaemonConfig,
+    pub templates: TemplateRegistry,
+    pub resources: Vec<Resource>,
+    pub aggregations: AggregationBook,
+    pub markets: Vec<Market>,
+    pub strategies: Vec<StrategySpec>,
+    pub risk: toml::Table,
+}
+
+impl Park {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(err(format!(
+                "is {} bytes; a config file may be at most {MAX_CONFIG_BYTES}",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        Self::parse(&file, &text)
+    }
+
+    /// The built-in demo park.
+    pub fn demo() -> Result<Self, ConfigError> {
+        Self::parse(DEMO_CONFIG_NAME, DEMO_CONFIG_TOML)
+    }
+
+    /// Parses and validates config text; `source` names it in errors.
+    pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
+        let raw: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
+            file: source.to_owned(),
+            key: String::new(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Builder::new(source).build(raw)
+    }
+
+    pub fn market_by_name(&self, name: &str) -> Option<&Market> {
+        self.markets.iter().find(|m| m.name == name)
+    }
+}
+
+/// Resolves names to ids and validates meaning, one section at a time.
+struct Builder {
+    source: String,
+    template_ids: HashMap<String, TemplateId>,
+    /// Resource name (and group name for `count > 1`) → ids.
+    resource_ids: HashMap<String, Vec<ResourceId>>,
+    aggregation_ids: HashMap<String, AggregationId>,
+    market_ids: HashMap<String, MarketId>,
+}
+
+impl Builder {
+    fn new(source: &str) -> Self {
+        Self {
+            source: source.to_owned(),
+            template_ids: HashMap::new(),
+            resource_ids: HashMap::new(),
+            aggregation_ids: HashMap::new(),
+            market_ids: HashMap::new(),
+        }
+    }
+
+    fn err(&self, key: String, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(&self, section: String, e: &ValidationError) -> ConfigError {
+        self.err(format!("{section}.{}", e.field), e.reason.clone())
+    }
+
+    fn build(mut self, raw: ConfigFile) -> Result<Park, ConfigError> {
+        let templates = self.templates(&raw.templates)?;
+        let resources = self.resources(&raw.resources, &templates)?;
+        let aggregations = self.aggregations(&raw.aggregations, &resources, &templates)?;
+        let markets = self.markets(&raw.markets)?;
+        let strategies = self.strategies(&raw.strategies)?;
+        Ok(Park {
+            source: self.source,
+            daemon: raw.daemon,
+            templates,
+            resources,
+            aggregations,
+            markets,
+            strategies,
+            risk: raw.risk,
+        })
+    }
+
+    fn unique(
+        &self,
+        key: &str,
+        name: &str,
+        seen: &HashMap<String, impl Sized>,
+    ) -> Result<(), ConfigError> {
+        if seen.contains_key(name) {
+            return Err(self.err(
+                format!("{key}.name"),
+                format!("{name:?} is used twice; names must be unique"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn templates(&mut self, raw: &[TemplateConfig]) -> Result<TemplateRegistry, ConfigError> {
+        let mut registry = TemplateRegistry::new();
+        let now = Utc::now();
+        for (i, t) in raw.iter().enumerate() {
+            let key = format!("templates[{i}]");
+            self.unique(&key, &t.name, &self.template_ids)?;
+            let draft = TemplateDraft {
+                name: t.name.clone(),
+                kind: t.kind.clone(),
+                params: t.params.clone(),
+            };
+            if let Err(e) = draft.validate() {
+                let section = if e.field == "name" {
+                    key
+                } else {
+                    format!("{key}.params")
+                };
+                return Err(self.invalid(section, &e));
+            }
+            let id = TemplateId(i as u64 + 1);
+            registry
+                .create(id, draft, now)
+                .map_err(|e| self.err(key, e.to_string()))?;
+            self.template_ids.insert(t.name.clone(), id);
+        }
+        Ok(registry)
+    }
+
+    fn resources(
+        &mut self,
+        raw: &[ResourceConfig],
+        templates: &TemplateRegistry,
+    ) -> Result<Vec<Resource>, ConfigError> {
+        let mut resources = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let key = format!("resources[{i}]");
+            self.unique(&key, &r.name, &self.resource_ids)?;
+            let template_id = *self.template_ids.get(&r.template).ok_or_else(|| {
+                self.err(
+                    format!("{key}.template"),
+                    format!(
+                        "unknown template {:?}; known templates: {}",
+                        r.template,
+                        known(&self.template_ids)
+                    ),
+                )
+            })?;
+            let version = templates
+                .latest(template_id)
+                .map_err(|e| self.err(format!("{key}.template"), e.to_string()))?;
+            let state =
+                LifecycleState::parse(&r.state).map_err(|e| self.invalid(key.clone(), &e))?;
+            let location =
+                GeoLocation::new(r.lat, r.lon).map_err(|e| self.invalid(key.clone(), &e))?;
+            if r.count == 0 || r.count > MAX_RESOURCE_COUNT {
+                return Err(self.err(
+                    format!("{key}.count"),
+                    format!("{} is outside 1..={MAX_RESOURCE_COUNT}", r.count),
+                ));
+            }
+            let mut ids = Vec::new();
+            for n in 1..=r.count {
+                let name = if r.count == 1 {
+                    r.name.clone()
+                } else {
+                    format!("{}-{n:02}", r.name)
+                };
+                let id = ResourceId(resources.len() as u64 + 1);
+                let mut resource = Resource::new(id, name, version, r.site.clone(), location)
+                    .map_err(|e| self.invalid(key.clone(), &e))?;
+                resource.state = state;
+                if r.count > 1 {
+                    self.resource_ids.insert(resource.name.clone(), vec![id]);
+                }
+                ids.push(id);
+                resources.push(resource);
+            }
+            self.resource_ids.insert(r.name.clone(), ids);
+        }
+        Ok(resources)
+    }
+
+    fn aggregations(
+        &mut self,
+        raw: &[AggregationConfig],
+        resources: &[Resource],
+        templates: &TemplateRegistry,
+    ) -> Result<AggregationBook, ConfigError> {
+        let mut book = AggregationBook::new();
+        for resource in resources {
+            let params = &templates
+                .version(resource.template_id, resource.template_version)
+                .map_err(|e| self.err("resources".into(), e.to_string()))?
+                .params;
+            book.upsert_resource(resource.id, ResourceFeed::from_resource(resource, params))
+                .map_err(|e| self.err("resources".into(), e.to_string()))?;
+        }
+        for (i, a) in raw.iter().enumerate() {
+            let key = format!("aggregations[{i}]");
+            self.unique(&key, &a.name, &self.aggregation_ids)?;
+            let id = AggregationId(i as u64 + 1);
+            book.add_aggregation(id, a.name.clone())
+                .map_err(|e| self.err(format!("{key}.name"), e.to_string()))?;
+            for (j, m) in a.members.iter().enumerate() {
+                let member_key = format!("{key}.members[{j}]");
+                let ids = self.resource_ids.get(&m.resource).ok_or_else(|| {
+                    self.err(
+                        format!("{member_key}.resource"),
+                        format!(
+                            "unknown resource {:?}; define it under [[resources]]",
+                            m.resource
+                        ),
+                    )
+                })?;
+                for rid in ids {
+                    book.set_member(id, *rid, m.share_pct)
+                        .map_err(|e| self.err(format!("{member_key}.share_pct"), e.to_string()))?;
+                }
+            }
+            self.aggregation_ids.insert(a.name.clone(), id);
+        }
+        Ok(book)
+    }
+
+    fn markets(&mut self, raw: &[MarketConfig]) -> Result<Vec<Market>, ConfigError> {
+        let mut markets = Vec::new();
+        for (i, m) in raw.iter().enumerate() {
+            let key = format!("markets[{i}]");
+            self.unique(&key, &m.name, &self.market_ids)?;
+            let kind = MarketKind::parse(&m.kind)
+                .map_err(|e| self.err(format!("{key}.kind"), e.reason))?;
+            let timezone: chrono_tz::Tz = m.timezone.parse().map_err(|_| {
+                self.err(
+                    format!("{key}.timezone"),
+                    format!(
+                        "{:?} is not an IANA time zone such as \"Asia/Shanghai\"",
+                        m.timezone
+                    ),
+                )
+            })?;
+            let market = Market {
+                id: MarketId(i as u64 + 1),
+                name: m.name.clone(),
+                kind,
+                timezone,
+                price_cap_cny_per_mwh: m.price_cap_cny_per_mwh,
+                price_floor_cny_per_mwh: m.price_floor_cny_per_mwh,
+                negative_prices_allowed: m.negative_prices_allowed,
+                gate_closure_minutes_before: m.gate_closure_minutes_before,
+            };
+            market
+                .validate()
+                .map_err(|e| self.invalid(key.clone(), &e))?;
+            self.market_ids.insert(m.name.clone(), market.id);
+            markets.push(market);
+        }
+        Ok(markets)
+    }
+
+    fn strategies(&mut self, raw: &[StrategyConfig]) -> Result<Vec<StrategySpec>, ConfigError> {
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut specs = Vec::new();
+        for (i, s) in raw.iter().enumerate() {
+            let key = format!("strategies[{i}]");
+            self.unique(&key, &s.name, &seen)?;
+            let aggregation_id = *self.aggregation_ids.get(&s.aggregation).ok_or_else(|| {
+                self.err(
+                    format!("{key}.aggregation"),
+                    format!(
+                        "unknown aggregation {:?}; known: {}",
+                        s.aggregation,
+                        known(&self.aggregation_ids)
+                    ),
+                )
+            })?;
+            let market_id = *self.market_ids.get(&s.market).ok_or_else(|| {
+                self.err(
+                    format!("{key}.market"),
+                    format!(
+                        "unknown market {:?}; known: {}",
+                        s.market,
+                        known(&self.market_ids)
+                    ),
+                )
+            })?;
+            seen.insert(s.name.clone(), ());
+            specs.push(StrategySpec {
+                id: StrategyId(i as u64 + 1),
+                name: s.name.clone(),
+                kind: s.kind.clone(),
+                aggregation_id,
+                market_id,
+                enabled: s.enabled,
+                params: s.params.clone(),
+            });
+        }
+        Ok(specs)
+    }
+}
+
+fn known<V>(names: &HashMap<String, V>) -> String {
+    let sorted: BTreeMap<&String, ()> = names.keys().map(|k| (k, ())).collect();
+    if sorted.is_empty() {
+        return "(none)".to_owned();
+    }
+    sorted
+        .keys()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Park, ConfigError> {
+        Park::parse("test.toml", text)
+    }
+
+    const PV: &str = r#"
+[[templates]]
+name = "pv"
+kind = "pv"
+params = { rated_power_kw = 100, min_power_kw = 0, max_power_kw = 100, ramp_kw_per_s = 10, marginal_cost_cny_per_mwh = 0, response_time_s = 1, control_interface = "simulated" }
+
+[[resources]]
+name = "pv-a"
+template = "pv"
+site = "north"
+lat = 25.0
+lon = 102.7
+"#;
+
+    #[test]
+    fn demo_config_loads_with_about_twenty_resources_in_two_aggregations() {
+        let park = Park::demo().unwrap();
+        assert!(
+            (15..=30).contains(&park.resources.len()),
+            "{} resources",
+            park.resources.len()
+        );
+        assert_eq!(park.aggregations.aggregations().count(), 2);
+        let kinds: Vec<String> = park
+            .resources
+            .iter()
+            .map(|r| {
+                park.templates
+                    .latest(r.template_id)
+                    .unwrap()
+                    .kind
+                    .to_string()
+            })
+            .collect();
+        for kind in ["pv", "storage", "flexible_load", "ev_charger"] {
+            assert!(kinds.iter().any(|k| k == kind), "demo lacks {kind}");
+        }
+        assert!(!park.markets.is_empty());
+    }
+
+    #[test]
+    fn shipped_demo_file_is_the_built_in_one() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
+        let park = Park::load(&path).unwrap();
+        assert_eq!(park.resources.len(), Park::demo().unwrap().resources.len());
+    }
+
+    #[test]
+    fn syntax_error_names_the_file_and_line() {
+        let err = parse("[daemon\n").unwrap_err();
+        assert_eq!(err.file, "test.toml");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = parse("[daemon]\ndatabse_url = \"x\"\n").unwrap_err();
+        assert!(err.message.contains("databse_url"), "{err}");
+    }
+
+    #[test]
+    fn bad_template_param_names_key_path_and_limit() {
+        let text = PV.replace(
+            "min_power_kw = 0, max_power_kw = 100",
+            "min_power_kw = 50, max_power_kw = 40",
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(err.key.starts_with("templates[0].params."), "{err}");
+        assert!(
+            err.message.contains("40") && err.message.contains("50"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_template_lists_the_known_ones() {
+        let text = PV.replace("template = \"pv\"", "template = \"wind\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "resources[0].template");
+        assert!(err.message.contains("\"pv\""), "{err}");
+    }
+
+    #[test]
+    fn over_committed_resource_names_the_clashing_aggregation() {
+        let text = format!(
+            "{PV}\n[[aggregations]]\nname = \"a1\"\nmembers = [{{ resource = \"pv-a\", share_pct = 60 }}]\n\
+             [[aggregations]]\nname = \"a2\"\nmembers = [{{ resource = \"pv-a\", share_pct = 41 }}]\n"
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "aggregations[1].members[0].share_pct");
+        assert!(err.message.contains("a1"), "{err}");
+        let ok = text.replace("share_pct = 41", "share_pct = 40");
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn market_errors_name_the_field() {
+        let base = "[[markets]]\nname = \"m\"\nkind = \"day_ahead\"\nprice_cap_cny_per_mwh = 1500\nprice_floor_cny_per_mwh = 0\n";
+        assert!(parse(base).is_ok());
+        let err = parse(&base.replace("day_ahead", "intraday")).unwrap_err();
+        assert_eq!(err.key, "markets[0].kind");
+        let err = parse(&base.replace("= 0\n", "= -10\n")).unwrap_err();
+        assert_eq!(err.key, "markets[0].price_floor_cny_per_mwh");
+        let err = parse(&format!("{base}timezone = \"Mars/Olympus\"\n")).unwrap_err();
+        assert_eq!(err.key, "markets[0].timezone");
+    }
+
+    #[test]
+    fn strategy_must_name_a_known_aggregation_and_market() {
+        let text = format!(
+            "{PV}\n[[aggregations]]\nname = \"a1\"\n\
+             [[markets]]\nname = \"m\"\nkind = \"day_ahead\"\nprice_cap_cny_per_mwh = 1500\nprice_floor_cny_per_mwh = 0\n\
+             [[strategies]]\nname = \"s\"\nkind = \"battery_arbitrage\"\naggregation = \"a1\"\nmarket = \"m\"\n"
+        );
+        assert_eq!(parse(&text).unwrap().strategies.len(), 1);
+        let err = parse(&text.replace("market = \"m\"", "market = \"x\"")).unwrap_err();
+        assert_eq!(err.key, "strategies[0].market");
+    }
+
+    #[test]
+    fn count_expands_resources_and_group_membership() {
+        let text = PV.replace("lon = 102.7", "lon = 102.7\ncount = 3")
+            + "\n[[aggregations]]\nname = \"a\"\nmembers = [{ resource = \"pv-a\" }]\n";
+        let park = parse(&text).unwrap();
+        assert_eq!(park.resources.len(), 3);
+        assert_eq!(park.resources[2].name, "pv-a-03");
+        let agg = park.aggregations.aggregations().next().unwrap();
+        assert_eq!(agg.members.len(), 3);
+    }
+}

@@ -1,0 +1,4 @@
+//! `vpp` library half: config loading and validation, shared by the binary and by the
+//! end-to-end tests in `tests/`. The binary (`src/main.rs`) is only the command-line edge.
+
+pub mod config;
