@@ -1,0 +1,249 @@
+//! Storage energy feasibility: a per-aggregation energy budget checked across consecutive
+//! 15-minute intervals, so a battery never sells energy it will not have (or buys energy it
+//! cannot store).
+//!
+//! Model (deliberately simple and conservative): all net energy an aggregation with a budget
+//! sells or buys moves through its storage. Per interval slot `t` (slot 0 is the current
+//! interval) two worst-case schedules are kept:
+//! - `net_low_mw[t]`  = filled net sold + open sells (sells fill, buys do not): drives the
+//!   lowest energy path, checked against `soc_min_kwh`;
+//! - `net_high_mw[t]` = filled net sold − open buys (buys fill, sells do not): drives the
+//!   highest path, checked against `soc_max_kwh`.
+//!
+//! Discharging `n` MW for 0.25 h removes `n × 250` kWh; charging stores `|n| × 250 × η` kWh
+//! (the round-trip efficiency is charged on the way in). Capacity products (regulation,
+//! reserve) are energy-neutral in this model.
+//!
+//! Invariants: `suffix_low_kwh[t] = min over s >= t of the low path after slot s` and
+//! `suffix_high_kwh[t]` likewise with max; both are rebuilt (O(horizon)) on every change, so a
+//! check is O(1) and allocation-free. Vectors are sized once to the horizon.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// kWh moved by 1 MW held for one 15-minute interval.
+pub const KWH_PER_MW_INTERVAL: Decimal = Decimal::from_parts(250, 0, 0, false, 0);
+
+/// An aggregation's storage state and limits, as reported by the aggregation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageBudget {
+    pub energy_kwh: Decimal,
+    pub soc_min_kwh: Decimal,
+    pub soc_max_kwh: Decimal,
+    /// Round-trip efficiency in (0, 1].
+    pub round_trip_efficiency: Decimal,
+}
+
+/// Why a storage change would be infeasible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageBreach {
+    /// Slot beyond the planning horizon.
+    BeyondHorizon { slot: i64, horizon: usize },
+    /// Lowest energy on or after the slot would fall below the minimum.
+    BelowMin { lowest_kwh: Decimal },
+    /// Highest energy on or after the slot would rise above the maximum.
+    AboveMax { highest_kwh: Decimal },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSchedule {
+    pub budget: StorageBudget,
+    /// Interval index (epoch seconds / 900) of slot 0.
+    base_index: i64,
+    net_low_mw: Vec<Decimal>,
+    net_high_mw: Vec<Decimal>,
+    suffix_low_kwh: Vec<Decimal>,
+    suffix_high_kwh: Vec<Decimal>,
+}
+
+fn delta_kwh(net_sold_mw: Decimal, efficiency: Decimal) -> Decimal {
+    let kwh = net_sold_mw * KWH_PER_MW_INTERVAL;
+    if net_sold_mw > Decimal::ZERO {
+        -kwh
+    } else {
+        -kwh * efficiency
+    }
+}
+
+impl StorageSchedule {
+    pub fn new(budget: StorageBudget, base_index: i64, horizon: usize) -> Self {
+        let horizon = horizon.max(1);
+        let mut s = Self {
+            budget,
+            base_index,
+            net_low_mw: vec![Decimal::ZERO; horizon],
+            net_high_mw: vec![Decimal::ZERO; horizon],
+            suffix_low_kwh: vec![Decimal::ZERO; horizon],
+            suffix_high_kwh: vec![Decimal::ZERO; horizon],
+        };
+        s.rebuild();
+        s
+    }
+
+    pub fn horizon(&self) -> usize {
+        self.net_low_mw.len()
+    }
+
+    pub fn base_index(&self) -> i64 {
+        self.base_index
+    }
+
+    fn slot(&self, interval_index: i64) -> Option<usize> {
+        let slot = usize::try_from(interval_index.checked_sub(self.base_index)?).ok()?;
+        (slot < self.horizon()).then_some(slot)
+    }
+
+    /// Replaces the reported energy and limits, keeping the schedule.
+    pub fn set_budget(&mut self, budget: StorageBudget) {
+        self.budget = budget;
+        self.rebuild();
+    }
+
+    /// Moves slot 0 to `base_index`, dropping the intervals now past (their energy is in the
+    /// next reported `energy_kwh`).
+    pub fn advance_to(&mut self, base_index: i64) {
+        let shift = base_index.saturating_sub(self.base_index);
+        if shift <= 0 {
+            return;
+        }
+        let n = self.horizon();
+        let shift = usize::try_from(shift).unwrap_or(usize::MAX).min(n);
+        for v in [&mut self.net_low_mw, &mut self.net_high_mw] {
+            v.rotate_left(shift);
+            v[n - shift..].fill(Decimal::ZERO);
+        }
+        self.base_index = base_index;
+        self.rebuild();
+    }
+
+    /// Adds to the two worst-case schedules at an interval; changes outside the horizon are
+    /// ignored (intents there are refused by [`Self::check`]).
+    pub fn add(&mut self, interval_index: i64, low_mw: Decimal, high_mw: Decimal) {
+        let Some(slot) = self.slot(interval_index) else {
+            return;
+        };
+        self.net_low_mw[slot] += low_mw;
+        self.net_high_mw[slot] += high_mw;
+        self.rebuild();
+    }
+
+    fn rebuild(&mut self) {
+        let eff = self.budget.round_trip_efficiency;
+        let (mut low, mut high) = (self.budget.energy_kwh, self.budget.energy_kwh);
+        for t in 0..self.horizon() {
+            low += delta_kwh(self.net_low_mw[t], eff);
+            high += delta_kwh(self.net_high_mw[t], eff);
+            self.suffix_low_kwh[t] = low;
+            self.suffix_high_kwh[t] = high;
+        }
+        for t in (0..self.horizon().saturating_sub(1)).rev() {
+            self.suffix_low_kwh[t] = self.suffix_low_kwh[t].min(self.suffix_low_kwh[t + 1]);
+            self.suffix_high_kwh[t] = self.suffix_high_kwh[t].max(self.suffix_high_kwh[t + 1]);
+        }
+    }
+
+    /// Would selling (`sell_mw > 0`) or buying (`buy_mw > 0`) more energy at the interval keep
+    /// the storage within its limits on every interval from then on? O(1).
+    pub fn check(
+        &self,
+        interval_index: i64,
+        sell_mw: Decimal,
+        buy_mw: Decimal,
+    ) -> Result<(), StorageBreach> {
+        let Some(slot) = self.slot(interval_index) else {
+            return Err(StorageBreach::BeyondHorizon {
+                slot: interval_index.saturating_sub(self.base_index),
+                horizon: self.horizon(),
+            });
+        };
+        let eff = self.budget.round_trip_efficiency;
+        if sell_mw > Decimal::ZERO {
+            let old = self.net_low_mw[slot];
+            let shift = delta_kwh(old + sell_mw, eff) - delta_kwh(old, eff);
+            let lowest_kwh = self.suffix_low_kwh[slot] + shift;
+            if lowest_kwh < self.budget.soc_min_kwh {
+                return Err(StorageBreach::BelowMin { lowest_kwh });
+            }
+        }
+        if buy_mw > Decimal::ZERO {
+            let old = self.net_high_mw[slot];
+            let shift = delta_kwh(old - buy_mw, eff) - delta_kwh(old, eff);
+            let highest_kwh = self.suffix_high_kwh[slot] + shift;
+            if highest_kwh > self.budget.soc_max_kwh {
+                return Err(StorageBreach::AboveMax { highest_kwh });
+            }
+        }
+        Ok(())
+    }
+
+    /// Lowest and highest worst-case energy from a slot on, for the exposure view.
+    pub fn envelope(&self, interval_index: i64) -> Option<(Decimal, Decimal)> {
+        let slot = self.slot(interval_index)?;
+        Some((self.suffix_low_kwh[slot], self.suffix_high_kwh[slot]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    fn battery() -> StorageSchedule {
+        // 1 MWh battery at 600 kWh, limits 100..=900, 80 % round trip, 8 slots.
+        StorageSchedule::new(
+            StorageBudget {
+                energy_kwh: dec!(600),
+                soc_min_kwh: dec!(100),
+                soc_max_kwh: dec!(900),
+                round_trip_efficiency: dec!(0.8),
+            },
+            1000,
+            8,
+        )
+    }
+
+    #[test]
+    fn sells_are_bounded_by_energy_across_consecutive_intervals() {
+        let mut s = battery();
+        // 500 kWh above the minimum = 2 MW for one interval.
+        assert!(s.check(1002, dec!(2), dec!(0)).is_ok());
+        assert_eq!(
+            s.check(1002, dec!(2.001), dec!(0)),
+            Err(StorageBreach::BelowMin {
+                lowest_kwh: dec!(99.750)
+            })
+        );
+        s.add(1001, dec!(1), dec!(1)); // 250 kWh sold at slot 1
+                                       // An earlier sale limits a later one, and a later one is limited by an earlier.
+        assert!(s.check(1005, dec!(1), dec!(0)).is_ok());
+        assert!(s.check(1005, dec!(1.001), dec!(0)).is_err());
+        assert!(s.check(1000, dec!(1.001), dec!(0)).is_err());
+    }
+
+    #[test]
+    fn charging_pays_efficiency_and_respects_max() {
+        let mut s = battery();
+        // 300 kWh of room; charging stores 80 %: 1.5 MW × 250 × 0.8 = 300 kWh.
+        assert!(s.check(1000, dec!(0), dec!(1.5)).is_ok());
+        assert!(s.check(1000, dec!(0), dec!(1.501)).is_err());
+        // A filled buy at slot 0 (charging 1 MW = 200 kWh stored) makes room to sell later.
+        s.add(1000, dec!(-1), dec!(-1));
+        assert!(s.check(1003, dec!(2.8), dec!(0)).is_ok());
+        assert!(s.check(1003, dec!(2.801), dec!(0)).is_err());
+    }
+
+    #[test]
+    fn horizon_and_advance() {
+        let mut s = battery();
+        assert!(matches!(
+            s.check(1008, dec!(0.1), dec!(0)),
+            Err(StorageBreach::BeyondHorizon { .. })
+        ));
+        s.add(1000, dec!(2), dec!(2));
+        assert!(s.check(1004, dec!(0.001), dec!(0)).is_err());
+        s.advance_to(1001); // slot 0 delivered; its energy now in the reported budget
+        assert!(s.check(1004, dec!(2), dec!(0)).is_ok());
+        assert!(s.check(1008, dec!(0.1), dec!(0)).is_ok());
+        assert!(s.check(1000, dec!(0.1), dec!(0)).is_err());
+    }
+}
