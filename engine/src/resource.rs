@@ -256,3 +256,185 @@ impl Resource {
         self.state == LifecycleState::Active && self.telemetry.as_ref().is_some_and(|t| t.available)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::fixtures::{draft, storage_params};
+    use crate::template::{ResourceKind, TemplateRegistry};
+    use chrono::{TimeZone, Utc};
+    use rust_decimal_macros::dec;
+    use LifecycleState::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(secs)
+    }
+
+    fn battery() -> Resource {
+        let mut reg = TemplateRegistry::new();
+        let v = reg
+            .create(
+                TemplateId(1),
+                draft("Battery", ResourceKind::Storage, storage_params()),
+                t(0),
+            )
+            .unwrap();
+        Resource::new(
+            ResourceId(10),
+            "BESS 1",
+            v,
+            "park A",
+            GeoLocation::new(25.0, 102.7).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn sample(secs: i64, power_kw: Decimal) -> Telemetry {
+        Telemetry {
+            power_kw,
+            soc_pct: Some(dec!(50)),
+            available: true,
+            at: t(secs),
+        }
+    }
+
+    #[test]
+    fn new_resource_pins_version_and_starts_commissioning() {
+        let r = battery();
+        assert_eq!((r.template_id, r.template_version), (TemplateId(1), 1));
+        assert_eq!(r.state, Commissioning);
+        assert!(r.telemetry.is_none());
+        assert!(!r.is_available());
+    }
+
+    #[test]
+    fn only_legal_lifecycle_edges_are_allowed() {
+        let legal = [
+            (Commissioning, Active),
+            (Active, Maintenance),
+            (Maintenance, Active),
+            (Commissioning, Retired),
+            (Active, Retired),
+            (Maintenance, Retired),
+        ];
+        for from in LifecycleState::ALL {
+            for to in LifecycleState::ALL {
+                let expected = legal.contains(&(from, to));
+                assert_eq!(from.can_transition_to(to), expected, "{from} -> {to}");
+                let result = from.transition(to);
+                if expected {
+                    assert_eq!(result, Ok(to));
+                } else {
+                    assert_eq!(result, Err(LifecycleError { from, to }));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn illegal_transition_names_both_states_and_leaves_resource_unchanged() {
+        let mut r = battery();
+        let err = r.transition(Maintenance).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("illegal lifecycle transition from commissioning to maintenance"));
+        assert_eq!(r.state, Commissioning);
+        r.transition(Active).unwrap();
+        r.transition(Retired).unwrap();
+        assert_eq!(
+            r.transition(Active),
+            Err(LifecycleError {
+                from: Retired,
+                to: Active
+            })
+        );
+        assert_eq!(r.state, Retired);
+    }
+
+    #[test]
+    fn older_or_equal_telemetry_is_ignored_as_stale() {
+        let mut r = battery();
+        assert_eq!(
+            r.apply_telemetry(sample(10, dec!(100))),
+            Ok(TelemetryOutcome::Applied)
+        );
+        for (secs, power) in [(5, dec!(1)), (10, dec!(2))] {
+            assert_eq!(
+                r.apply_telemetry(sample(secs, power)),
+                Ok(TelemetryOutcome::Stale {
+                    current_at: t(10),
+                    sample_at: t(secs)
+                })
+            );
+        }
+        assert_eq!(r.telemetry.as_ref().map(|x| x.power_kw), Some(dec!(100)));
+        assert_eq!(
+            r.apply_telemetry(sample(11, dec!(3))),
+            Ok(TelemetryOutcome::Applied)
+        );
+        assert_eq!(r.telemetry.as_ref().map(|x| x.power_kw), Some(dec!(3)));
+    }
+
+    #[test]
+    fn telemetry_bounds_are_checked() {
+        let mut r = battery();
+        let mut s = sample(1, dec!(0));
+        s.soc_pct = Some(dec!(100));
+        assert!(r.apply_telemetry(s.clone()).is_ok());
+        s.at = t(2);
+        s.soc_pct = Some(dec!(100.01));
+        let err = r.apply_telemetry(s.clone()).unwrap_err();
+        assert_eq!(err.field, "soc_pct");
+        assert!(err.reason.contains("soc_pct 100.01 outside 0..=100"));
+        s.soc_pct = Some(dec!(-0.01));
+        assert!(r.apply_telemetry(s.clone()).is_err());
+        s.soc_pct = None;
+        s.power_kw = -MAX_POWER_KW;
+        assert!(r.apply_telemetry(s.clone()).is_ok());
+        s.at = t(3);
+        s.power_kw = MAX_POWER_KW + dec!(0.001);
+        assert_eq!(r.apply_telemetry(s).unwrap_err().field, "power_kw");
+        assert_eq!(r.telemetry.as_ref().map(|x| x.at), Some(t(2)));
+    }
+
+    #[test]
+    fn geo_location_bounds() {
+        for (lat, lon) in [(90.0, 180.0), (-90.0, -180.0), (0.0, 0.0)] {
+            assert!(GeoLocation::new(lat, lon).is_ok(), "{lat},{lon}");
+        }
+        assert_eq!(GeoLocation::new(90.0001, 0.0).unwrap_err().field, "lat");
+        assert_eq!(GeoLocation::new(-90.0001, 0.0).unwrap_err().field, "lat");
+        assert_eq!(GeoLocation::new(0.0, 180.0001).unwrap_err().field, "lon");
+        assert_eq!(GeoLocation::new(0.0, -180.0001).unwrap_err().field, "lon");
+        assert!(GeoLocation::new(f64::NAN, 0.0).is_err());
+        assert!(GeoLocation::new(0.0, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn availability_needs_active_state_and_available_flag() {
+        let mut r = battery();
+        r.apply_telemetry(sample(1, dec!(0))).unwrap();
+        assert!(!r.is_available());
+        r.transition(Active).unwrap();
+        assert!(r.is_available());
+        let mut s = sample(2, dec!(0));
+        s.available = false;
+        r.apply_telemetry(s).unwrap();
+        assert!(!r.is_available());
+    }
+
+    #[test]
+    fn resource_json_round_trip_and_validation() {
+        let mut r = battery();
+        r.apply_telemetry(sample(1, dec!(-12.5))).unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"state\":\"commissioning\""));
+        assert_eq!(serde_json::from_str::<Resource>(&json).unwrap(), r);
+        let mut bad = r.clone();
+        bad.template_version = 0;
+        assert_eq!(bad.validate().unwrap_err().field, "template_version");
+        let mut bad = r;
+        bad.site = String::new();
+        assert_eq!(bad.validate().unwrap_err().field, "site");
+    }
+}

@@ -591,3 +591,492 @@ pub fn usage_counts<'a>(
     }
     counts
 }
+
+/// Parameter sets shared by the tests of this crate.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    pub fn storage_params() -> TemplateParams {
+        TemplateParams {
+            rated_power_kw: dec!(500),
+            min_power_kw: dec!(-500),
+            max_power_kw: dec!(500),
+            ramp_kw_per_s: dec!(100),
+            energy_capacity_kwh: Some(dec!(1000)),
+            soc_min_pct: Some(dec!(10)),
+            soc_max_pct: Some(dec!(90)),
+            round_trip_efficiency: Some(dec!(0.9)),
+            marginal_cost_cny_per_mwh: dec!(50),
+            response_time_s: dec!(1),
+            control_interface: ControlInterface::Modbus,
+        }
+    }
+
+    pub fn pv_params() -> TemplateParams {
+        TemplateParams {
+            rated_power_kw: dec!(300),
+            min_power_kw: dec!(0),
+            max_power_kw: dec!(300),
+            ramp_kw_per_s: dec!(30),
+            energy_capacity_kwh: None,
+            soc_min_pct: None,
+            soc_max_pct: None,
+            round_trip_efficiency: None,
+            marginal_cost_cny_per_mwh: dec!(0),
+            response_time_s: dec!(2),
+            control_interface: ControlInterface::Simulated,
+        }
+    }
+
+    pub fn load_params() -> TemplateParams {
+        TemplateParams {
+            rated_power_kw: dec!(200),
+            min_power_kw: dec!(-200),
+            max_power_kw: dec!(0),
+            ramp_kw_per_s: dec!(10),
+            energy_capacity_kwh: None,
+            soc_min_pct: None,
+            soc_max_pct: None,
+            round_trip_efficiency: None,
+            marginal_cost_cny_per_mwh: dec!(300),
+            response_time_s: dec!(60),
+            control_interface: ControlInterface::Mqtt,
+        }
+    }
+
+    pub fn draft(name: &str, kind: ResourceKind, params: TemplateParams) -> TemplateDraft {
+        TemplateDraft {
+            name: name.to_string(),
+            kind,
+            params,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::ids::ResourceId;
+    use crate::resource::GeoLocation;
+    use chrono::{TimeZone, Utc};
+    use rust_decimal_macros::dec;
+
+    fn t0() -> Timestamp {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    /// Asserts `params` is valid for `kind`.
+    fn ok(kind: &ResourceKind, params: &TemplateParams) {
+        if let Err(e) = params.validate(kind) {
+            panic!("expected valid, got {e}");
+        }
+    }
+
+    /// Asserts `params` is refused for `kind`, naming `field`, with `needle` in the reason.
+    fn refused(kind: &ResourceKind, params: &TemplateParams, field: &str, needle: &str) {
+        let err = params
+            .validate(kind)
+            .expect_err("expected a validation error");
+        assert_eq!(err.field, field, "{err}");
+        assert!(
+            err.reason.contains(needle),
+            "{:?} lacks {needle:?}",
+            err.reason
+        );
+    }
+
+    #[test]
+    fn fixtures_are_valid() {
+        ok(&ResourceKind::Storage, &storage_params());
+        ok(&ResourceKind::Pv, &pv_params());
+        ok(&ResourceKind::FlexibleLoad, &load_params());
+    }
+
+    #[test]
+    fn rated_power_must_be_positive_and_bounded() {
+        let k = ResourceKind::Storage;
+        let mut p = storage_params();
+        p.rated_power_kw = dec!(0);
+        refused(
+            &k,
+            &p,
+            "rated_power_kw",
+            "rated_power_kw 0 outside (0, 10000000]",
+        );
+        let mut p = pv_params();
+        p.rated_power_kw = dec!(0.001);
+        p.max_power_kw = dec!(0.001);
+        ok(&ResourceKind::Pv, &p);
+        let mut p = pv_params();
+        p.rated_power_kw = MAX_POWER_KW;
+        ok(&ResourceKind::Pv, &p);
+        p.rated_power_kw = MAX_POWER_KW + dec!(0.001);
+        refused(&ResourceKind::Pv, &p, "rated_power_kw", "outside");
+    }
+
+    #[test]
+    fn max_power_may_not_exceed_rated() {
+        let k = ResourceKind::Pv;
+        let mut p = pv_params();
+        p.max_power_kw = dec!(300);
+        ok(&k, &p);
+        p.max_power_kw = dec!(300.001);
+        refused(
+            &k,
+            &p,
+            "max_power_kw",
+            "max_power_kw 300.001 > rated_power_kw 300",
+        );
+    }
+
+    #[test]
+    fn min_power_may_not_exceed_max() {
+        let k = ResourceKind::FlexibleLoad;
+        let mut p = load_params();
+        p.max_power_kw = dec!(-10);
+        p.min_power_kw = dec!(-10);
+        ok(&k, &p);
+        p.min_power_kw = dec!(-5);
+        refused(&k, &p, "min_power_kw", "min_power_kw -5 > max_power_kw -10");
+    }
+
+    #[test]
+    fn min_power_may_not_go_below_minus_rated() {
+        let k = ResourceKind::Storage;
+        let mut p = storage_params();
+        p.min_power_kw = dec!(-500);
+        ok(&k, &p);
+        p.min_power_kw = dec!(-500.01);
+        refused(
+            &k,
+            &p,
+            "min_power_kw",
+            "min_power_kw -500.01 < -rated_power_kw -500",
+        );
+    }
+
+    #[test]
+    fn ramp_must_be_positive() {
+        let k = ResourceKind::Pv;
+        let mut p = pv_params();
+        p.ramp_kw_per_s = dec!(0.001);
+        ok(&k, &p);
+        p.ramp_kw_per_s = dec!(0);
+        refused(&k, &p, "ramp_kw_per_s", "ramp_kw_per_s 0 outside (0,");
+        p.ramp_kw_per_s = dec!(-1);
+        refused(&k, &p, "ramp_kw_per_s", "outside");
+    }
+
+    #[test]
+    fn energy_capacity_required_for_storage_and_ev_charger_and_positive() {
+        for kind in [ResourceKind::Storage, ResourceKind::EvCharger] {
+            let mut p = storage_params();
+            p.energy_capacity_kwh = None;
+            refused(&kind, &p, "energy_capacity_kwh", "required for kind");
+        }
+        let mut p = storage_params();
+        p.energy_capacity_kwh = Some(dec!(0.001));
+        ok(&ResourceKind::Storage, &p);
+        p.energy_capacity_kwh = Some(dec!(0));
+        refused(
+            &ResourceKind::Storage,
+            &p,
+            "energy_capacity_kwh",
+            "outside (0,",
+        );
+        p.energy_capacity_kwh = Some(MAX_ENERGY_KWH + dec!(1));
+        refused(
+            &ResourceKind::Storage,
+            &p,
+            "energy_capacity_kwh",
+            "outside (0,",
+        );
+        // PV needs none.
+        ok(&ResourceKind::Pv, &pv_params());
+    }
+
+    #[test]
+    fn soc_limits_inside_0_to_100_and_ordered() {
+        let k = ResourceKind::Storage;
+        let mut p = storage_params();
+        p.soc_min_pct = Some(dec!(0));
+        p.soc_max_pct = Some(dec!(100));
+        ok(&k, &p);
+        p.soc_min_pct = Some(dec!(-0.01));
+        refused(&k, &p, "soc_min_pct", "soc_min_pct -0.01 outside 0..=100");
+        p.soc_min_pct = Some(dec!(120));
+        refused(&k, &p, "soc_min_pct", "soc_min_pct 120 outside 0..=100");
+        p.soc_min_pct = Some(dec!(10));
+        p.soc_max_pct = Some(dec!(100.01));
+        refused(&k, &p, "soc_max_pct", "soc_max_pct 100.01 outside 0..=100");
+        p.soc_max_pct = Some(dec!(10.01));
+        ok(&k, &p);
+        p.soc_max_pct = Some(dec!(10));
+        refused(&k, &p, "soc_min_pct", "soc_min_pct 10 >= soc_max_pct 10");
+    }
+
+    #[test]
+    fn soc_limits_required_for_storage_and_paired() {
+        let mut p = storage_params();
+        p.soc_min_pct = None;
+        refused(&ResourceKind::Storage, &p, "soc_min_pct", "required");
+        let mut p = storage_params();
+        p.soc_max_pct = None;
+        refused(&ResourceKind::Storage, &p, "soc_max_pct", "required");
+        // EV chargers may leave both out, but not just one.
+        let mut p = storage_params();
+        p.soc_min_pct = None;
+        p.soc_max_pct = None;
+        ok(&ResourceKind::EvCharger, &p);
+        p.soc_max_pct = Some(dec!(80));
+        refused(&ResourceKind::EvCharger, &p, "soc_min_pct", "together");
+    }
+
+    #[test]
+    fn efficiency_in_open_zero_closed_one() {
+        let k = ResourceKind::Storage;
+        let mut p = storage_params();
+        p.round_trip_efficiency = Some(dec!(1));
+        ok(&k, &p);
+        p.round_trip_efficiency = Some(dec!(0.0001));
+        ok(&k, &p);
+        p.round_trip_efficiency = Some(dec!(1.2));
+        refused(
+            &k,
+            &p,
+            "round_trip_efficiency",
+            "round_trip_efficiency 1.2 outside (0, 1]",
+        );
+        p.round_trip_efficiency = Some(dec!(1.0001));
+        refused(&k, &p, "round_trip_efficiency", "outside (0, 1]");
+        p.round_trip_efficiency = Some(dec!(0));
+        refused(
+            &k,
+            &p,
+            "round_trip_efficiency",
+            "round_trip_efficiency 0 outside",
+        );
+    }
+
+    #[test]
+    fn response_time_and_marginal_cost_bounded() {
+        let k = ResourceKind::Pv;
+        let mut p = pv_params();
+        p.response_time_s = dec!(0);
+        ok(&k, &p);
+        p.response_time_s = dec!(-0.1);
+        refused(
+            &k,
+            &p,
+            "response_time_s",
+            "response_time_s -0.1 outside 0..=86400",
+        );
+        p.response_time_s = dec!(86400.1);
+        refused(&k, &p, "response_time_s", "outside");
+        let mut p = pv_params();
+        p.marginal_cost_cny_per_mwh = -MAX_MARGINAL_COST_CNY_PER_MWH;
+        ok(&k, &p);
+        p.marginal_cost_cny_per_mwh = MAX_MARGINAL_COST_CNY_PER_MWH + dec!(0.01);
+        refused(&k, &p, "marginal_cost_cny_per_mwh", "outside");
+    }
+
+    #[test]
+    fn generators_never_consume_and_loads_never_export() {
+        let mut p = pv_params();
+        p.min_power_kw = dec!(-0.001);
+        refused(&ResourceKind::Pv, &p, "min_power_kw", "only generates");
+        refused(&ResourceKind::Wind, &p, "min_power_kw", "only generates");
+        // A custom kind has no sign rule.
+        ok(&ResourceKind::custom("heat_pump").unwrap(), &p);
+        let mut p = load_params();
+        p.max_power_kw = dec!(0.001);
+        refused(
+            &ResourceKind::FlexibleLoad,
+            &p,
+            "max_power_kw",
+            "only consumes",
+        );
+    }
+
+    #[test]
+    fn kind_serialises_as_snake_case_and_custom_prefix() {
+        let kinds = [
+            (ResourceKind::Pv, "\"pv\""),
+            (ResourceKind::Wind, "\"wind\""),
+            (ResourceKind::Storage, "\"storage\""),
+            (ResourceKind::FlexibleLoad, "\"flexible_load\""),
+            (ResourceKind::EvCharger, "\"ev_charger\""),
+            (
+                ResourceKind::custom("heat_pump").unwrap(),
+                "\"custom:heat_pump\"",
+            ),
+        ];
+        for (kind, json) in kinds {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ResourceKind>(json).unwrap(), kind);
+        }
+        for bad in ["\"battery\"", "\"custom:\"", "\"custom:Heat\"", "\"Pv\""] {
+            assert!(serde_json::from_str::<ResourceKind>(bad).is_err(), "{bad}");
+        }
+        let long = format!("custom:{}", "a".repeat(MAX_CUSTOM_KIND_LEN + 1));
+        assert!(ResourceKind::parse(&long).is_err());
+        assert!(ResourceKind::parse(&long[..long.len() - 1]).is_ok());
+    }
+
+    #[test]
+    fn params_json_round_trip_and_unknown_field_refused() {
+        let p = storage_params();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<TemplateParams>(&json).unwrap(), p);
+        let with_typo = json.replacen("{", "{\"rated_kw\":\"1\",", 1);
+        assert!(serde_json::from_str::<TemplateParams>(&with_typo).is_err());
+    }
+
+    #[test]
+    fn create_and_update_append_versions_and_never_mutate_old_ones() {
+        let mut reg = TemplateRegistry::new();
+        let id = TemplateId(7);
+        let v1 = reg
+            .create(
+                id,
+                draft("Battery", ResourceKind::Storage, storage_params()),
+                t0(),
+            )
+            .unwrap()
+            .clone();
+        assert_eq!(v1.version, 1);
+        let mut p2 = storage_params();
+        p2.energy_capacity_kwh = Some(dec!(2000));
+        let later = t0() + chrono::Duration::hours(1);
+        let v2 = reg
+            .update(
+                id,
+                draft("Battery XL", ResourceKind::Storage, p2.clone()),
+                later,
+            )
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (v2.version, v2.params.energy_capacity_kwh),
+            (2, Some(dec!(2000)))
+        );
+        assert_eq!(reg.version(id, 1).unwrap(), &v1);
+        assert_eq!(reg.latest(id).unwrap(), &v2);
+        assert_eq!(reg.versions(id).unwrap().len(), 2);
+        // An invalid update leaves every version as it was.
+        let mut bad = p2;
+        bad.soc_min_pct = Some(dec!(120));
+        let err = reg
+            .update(id, draft("Battery", ResourceKind::Storage, bad), later)
+            .unwrap_err();
+        assert!(matches!(err, TemplateError::Invalid(ref e) if e.field == "soc_min_pct"));
+        assert_eq!(reg.versions(id).unwrap(), &[v1, v2]);
+    }
+
+    #[test]
+    fn registry_errors_name_template_and_version() {
+        let mut reg = TemplateRegistry::new();
+        let id = TemplateId(1);
+        reg.create(id, draft("PV", ResourceKind::Pv, pv_params()), t0())
+            .unwrap();
+        assert_eq!(
+            reg.create(id, draft("PV", ResourceKind::Pv, pv_params()), t0()),
+            Err(TemplateError::DuplicateTemplate(id))
+        );
+        assert_eq!(
+            reg.update(
+                TemplateId(2),
+                draft("PV", ResourceKind::Pv, pv_params()),
+                t0()
+            ),
+            Err(TemplateError::UnknownTemplate(TemplateId(2)))
+        );
+        for v in [0, 2] {
+            assert_eq!(
+                reg.version(id, v),
+                Err(TemplateError::UnknownVersion {
+                    template_id: id,
+                    version: v,
+                    latest: 1
+                })
+            );
+        }
+        let err = reg
+            .update(id, draft("PV", ResourceKind::Wind, pv_params()), t0())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "template 1 is of kind pv; an update cannot change it to wind"
+        );
+        let err = reg
+            .update(id, draft(" ", ResourceKind::Pv, pv_params()), t0())
+            .unwrap_err();
+        assert!(matches!(err, TemplateError::Invalid(ref e) if e.field == "name"));
+        assert_eq!(reg.next_id(), TemplateId(2));
+    }
+
+    #[test]
+    fn restore_round_trips_and_refuses_gaps() {
+        let mut reg = TemplateRegistry::new();
+        reg.create(
+            TemplateId(1),
+            draft("PV", ResourceKind::Pv, pv_params()),
+            t0(),
+        )
+        .unwrap();
+        reg.update(
+            TemplateId(1),
+            draft("PV 2", ResourceKind::Pv, pv_params()),
+            t0(),
+        )
+        .unwrap();
+        reg.create(
+            TemplateId(2),
+            draft("Load", ResourceKind::FlexibleLoad, load_params()),
+            t0(),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&reg).unwrap();
+        let back: TemplateRegistry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, reg);
+
+        let mut versions: Vec<TemplateVersion> = reg.clone().into();
+        versions.remove(0); // drop PV v1: a gap.
+        assert_eq!(
+            TemplateRegistry::restore(versions),
+            Err(TemplateError::VersionGap {
+                template_id: TemplateId(1),
+                expected: 1,
+                got: 2
+            })
+        );
+    }
+
+    #[test]
+    fn usage_is_counted_per_pinned_version() {
+        let mut reg = TemplateRegistry::new();
+        let id = TemplateId(3);
+        let v1 = reg
+            .create(id, draft("PV", ResourceKind::Pv, pv_params()), t0())
+            .unwrap()
+            .clone();
+        let v2 = reg
+            .update(id, draft("PV b", ResourceKind::Pv, pv_params()), t0())
+            .unwrap()
+            .clone();
+        let loc = GeoLocation::new(25.0, 102.7).unwrap();
+        let make = |n: u64, v: &TemplateVersion| {
+            Resource::new(ResourceId(n), format!("r{n}"), v, "park", loc).unwrap()
+        };
+        let resources = [make(1, &v1), make(2, &v1), make(3, &v2)];
+        let counts = usage_counts(&resources);
+        assert_eq!(counts.get(&(id, 1)), Some(&2));
+        assert_eq!(counts.get(&(id, 2)), Some(&1));
+        assert_eq!(counts.len(), 2);
+        assert_eq!(reg.usage_count(id, &resources), 3);
+        assert_eq!(reg.usage_count(TemplateId(99), &resources), 0);
+    }
+}
