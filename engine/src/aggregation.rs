@@ -1131,6 +1131,8 @@ mod tests {
         assert_eq!(s.capacity().up_flex_kw, dec!(250));
         assert_eq!(s.capacity().energy_kwh, dec!(0));
         assert_eq!(*s.capacity(), s.recompute_full(|_| Some(&feed)));
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<AggregationState>(&json).unwrap(), s);
         assert_eq!(s.remove_member(BESS), Some(dec!(50)));
         assert_eq!(*s.capacity(), AggregatedCapacity::default());
     }
