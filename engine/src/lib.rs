@@ -11,13 +11,17 @@
 
 pub mod aggregation;
 pub mod clock;
+pub mod dispatch;
 pub mod error;
 pub mod ids;
 pub mod ledger;
 pub mod market;
 pub mod order;
+pub mod park_sim;
 pub mod position;
 pub mod resource;
+pub mod settlement;
+pub mod strategy;
 pub mod template;
 
 pub use rust_decimal::Decimal;
