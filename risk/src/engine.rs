@@ -1251,3 +1251,7 @@ fn next_local_midnight(tz: chrono_tz::Tz, now: Timestamp) -> Timestamp {
         .map(|d| d.with_timezone(&chrono::Utc))
         .unwrap_or(now + chrono::Duration::days(1))
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
