@@ -1,0 +1,2 @@
+//! Journal throughput bench (placeholder until the real one lands).
+fn main() {}

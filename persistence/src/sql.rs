@@ -1,0 +1,131 @@
+//! Backend-neutral statements: SQL text with `$N` placeholders (understood by both sqlx
+//! SQLite and PostgreSQL) plus owned argument values, executed inside one transaction.
+//!
+//! Multi-row inserts are split into chunks of fixed sizes (256, 32, 4, 1 rows) so that only a
+//! handful of distinct SQL strings exist per table: each stays in sqlx's per-connection
+//! prepared-statement cache instead of being re-parsed for every batch size.
+
+use crate::store::{with_pool, Store};
+
+/// One bound argument.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    I64(i64),
+    OptI64(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+    Bool(bool),
+    F64(f64),
+    OptF64(Option<f64>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt {
+    pub sql: String,
+    pub args: Vec<Value>,
+}
+
+/// Chunk sizes for multi-row inserts, largest first. The largest times the widest row (12
+/// columns) stays far below SQLite's 32766 and PostgreSQL's 65535 bind limits.
+const CHUNKS: [usize; 4] = [256, 32, 4, 1];
+
+/// `INSERT INTO {head} VALUES (...), (...) {tail}` statements covering `rows`, each row being
+/// `width` values.
+pub(crate) fn multi_insert(head: &str, tail: &str, width: usize, rows: Vec<Value>) -> Vec<Stmt> {
+    debug_assert_eq!(rows.len() % width.max(1), 0);
+    let mut stmts = Vec::new();
+    let mut values = rows.into_iter();
+    let mut remaining = values.len() / width.max(1);
+    for chunk in CHUNKS {
+        while remaining >= chunk {
+            let args: Vec<Value> = values.by_ref().take(chunk * width).collect();
+            stmts.push(Stmt {
+                sql: insert_sql(head, tail, width, chunk),
+                args,
+            });
+            remaining -= chunk;
+        }
+    }
+    stmts
+}
+
+fn insert_sql(head: &str, tail: &str, width: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 6 + 16);
+    sql.push_str("INSERT INTO ");
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    let mut n = 0;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..width {
+            n += 1;
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut q = $query;
+        for a in $args {
+            q = match a {
+                $crate::sql::Value::I64(v) => q.bind(*v),
+                $crate::sql::Value::OptI64(v) => q.bind(*v),
+                $crate::sql::Value::Text(v) => q.bind(v.as_str()),
+                $crate::sql::Value::OptText(v) => q.bind(v.as_deref()),
+                $crate::sql::Value::Bool(v) => q.bind(*v),
+                $crate::sql::Value::F64(v) => q.bind(*v),
+                $crate::sql::Value::OptF64(v) => q.bind(*v),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_all;
+
+impl Store {
+    /// Runs `stmts` in one transaction on the writer: all of them commit, or none.
+    pub(crate) async fn execute_in_tx(&self, stmts: &[Stmt]) -> Result<(), sqlx::Error> {
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            for s in stmts {
+                bind_all!(sqlx::query(&s.sql), &s.args)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_row_with_few_distinct_statements() {
+        for n in [0usize, 1, 3, 4, 37, 256, 300, 1000] {
+            let rows: Vec<Value> = (0..n * 2).map(|i| Value::I64(i as i64)).collect();
+            let stmts = multi_insert("t (a, b)", "", 2, rows);
+            let covered: usize = stmts.iter().map(|s| s.args.len()).sum();
+            assert_eq!(covered, n * 2);
+            for s in &stmts {
+                assert_eq!(s.sql.matches('$').count(), s.args.len());
+            }
+        }
+        let stmts = multi_insert("t (a)", "ON CONFLICT DO NOTHING", 1, vec![Value::I64(1); 5]);
+        assert_eq!(stmts.len(), 2);
+        assert_eq!(
+            stmts[1].sql,
+            "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING"
+        );
+    }
+}
