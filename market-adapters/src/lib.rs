@@ -6,5 +6,6 @@
 //!   WebSocket server with fault injection.
 //! - [`client`]: the [`client::VenueAdapter`] trait and its WebSocket implementation.
 
+pub mod client;
 pub mod protocol;
 pub mod sim;

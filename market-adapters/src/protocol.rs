@@ -179,7 +179,7 @@ pub struct Login {
     pub protocol_version: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Subscription {
     pub channel: Channel,
     pub market: String,
@@ -192,6 +192,18 @@ pub struct Heartbeat {
     /// lost tail report even when no later report arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_seq: Option<u64>,
+    /// Venue heartbeats also carry the current sequence of every stream the connection is
+    /// subscribed to, so a lost last update is seen without waiting for the next one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamSeq>,
+}
+
+/// The current sequence of one (channel, market) stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSeq {
+    pub channel: Channel,
+    pub market: String,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -731,6 +743,7 @@ mod tests {
             ClientMsg::Heartbeat(Heartbeat {
                 ts: ts(),
                 account_seq: None,
+                streams: Vec::new(),
             }),
             ClientMsg::NewOrder(NewOrder {
                 client_order_id: id.clone(),

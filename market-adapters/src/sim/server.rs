@@ -13,8 +13,8 @@
 //! - One live session per account: a new login replaces the older connection.
 
 use crate::protocol::{
-    decode_client, encode, Channel, ClientMsg, ErrorCode, ErrorMsg, Heartbeat, Subscription,
-    Unsubscribed, VenueMsg,
+    decode_client, encode, Channel, ClientMsg, ErrorCode, ErrorMsg, Heartbeat, StreamSeq,
+    Subscription, Unsubscribed, VenueMsg,
 };
 use crate::sim::faults::{
     ChunkedStream, FaultSpec, FaultState, FrameAction, FrameKind, SplitSettings,
@@ -467,8 +467,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut stop: watch::Receiver<bo
                 None => false,
             },
             _ = heartbeat.tick(), if live && hb_ms > 0 && s.account.is_some() => {
-                let seq = s.account.map(|a| shared.core().venue.account_seq(a));
-                let msg = VenueMsg::Heartbeat(Heartbeat { ts: shared.clock.now(), account_seq: seq });
+                let msg = venue_heartbeat(&shared, &s);
                 match encode(&msg) {
                     Ok(text) => write(&mut ws, &mut s, Utf8Bytes::from(text), FrameKind::Other, &mut reset).await,
                     Err(_) => true,
@@ -494,6 +493,30 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut stop: watch::Receiver<bo
     } else {
         let _ = ws.close(None).await;
     }
+}
+
+fn venue_heartbeat(shared: &Shared, s: &Session) -> VenueMsg {
+    let core = shared.core();
+    let mut streams: Vec<StreamSeq> = core
+        .conns
+        .get(&s.id)
+        .map(|c| {
+            c.subs
+                .iter()
+                .map(|(channel, market)| StreamSeq {
+                    channel: *channel,
+                    market: market.clone(),
+                    seq: core.venue.stream_seq(*channel, market),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    streams.sort_by(|a, b| (a.channel, &a.market).cmp(&(b.channel, &b.market)));
+    VenueMsg::Heartbeat(Heartbeat {
+        ts: shared.clock.now(),
+        account_seq: s.account.map(|a| core.venue.account_seq(a)),
+        streams,
+    })
 }
 
 /// Sends one frame through the connection's faults. False ends the connection.
@@ -575,6 +598,7 @@ fn on_frame(shared: &Shared, s: &mut Session, msg: Message) -> bool {
                 &VenueMsg::HeartbeatAck(Heartbeat {
                     ts: hb.ts,
                     account_seq: None,
+                    streams: Vec::new(),
                 }),
             );
         }

@@ -1282,6 +1282,13 @@ impl Venue {
             .collect()
     }
 
+    /// The current sequence of a (channel, market) stream (0 before its first update).
+    pub fn stream_seq(&self, channel: Channel, market: &str) -> u64 {
+        self.market_index(market)
+            .and_then(|m| self.md_seq.get(&(channel, m)).copied())
+            .unwrap_or(0)
+    }
+
     /// The current snapshot of (channel, market), carrying the stream's current sequence.
     pub fn snapshot(&self, channel: Channel, market: &str) -> Result<VenueMsg, ErrorMsg> {
         let m = self.market_index(market).ok_or_else(|| ErrorMsg {
