@@ -1,0 +1,698 @@
+//! Built-in battery arbitrage (`battery_arbitrage`): charge in the cheapest intervals and
+//! discharge in the dearest, within power, SoC and efficiency limits, only where the spread
+//! pays for the losses, the degradation cost and a minimum margin.
+//!
+//! Energy model (the same as the risk crate's storage schedule, so risk never refuses a plan
+//! for energy reasons): selling `m` MW for one 15-minute interval removes `m × 0.25` MWh from
+//! the battery; buying `m` MW stores `m × 0.25 × η` MWh (η = round-trip efficiency, charged on
+//! the way in). Buying `x/η` MWh to sell `x` MWh later earns
+//! `margin = p_sell − p_buy/η − degradation` per MWh sold.
+//!
+//! Planner ([`plan_arbitrage`]), deterministic and O(n² log n + k·n) for n ≤ 100 slots:
+//! 1. every ordered pair of slots (c, d), c ≠ d, with `margin > 0` and `margin ≥
+//!    min_spread` is a candidate; candidates are sorted by margin (desc), then c, then d;
+//! 2. each candidate in turn moves as much energy as still fits: the power left in both slots
+//!    (≤ min(power_mw, max_order_mw)), and the SoC path, which must stay within
+//!    [soc_min, soc_max] at every slot (charge before discharge needs headroom in between,
+//!    discharge before charge needs stored energy in between). A slot never both buys and sells.
+//!    A start outside the SoC limits plans nothing;
+//! 3. quantities are rounded down to 0.001 MW such that what is sold never exceeds what was
+//!    stored: the plan never sells energy it will not have.
+//!
+//! Limit prices: a buy bids the highest price at which every pair it serves still earns
+//! `min_spread` (rounded down to 0.01); a sell asks the lowest such price (rounded up).
+//!
+//! Triggers: in a day-ahead market the whole trading day is planned once, on
+//! `GateClosureApproaching` for that day, from the previous plan's end energy (or the last
+//! observed energy, or `initial_soc_pct`). In any other market the plan rolls: on every
+//! `IntervalStart` it re-plans the next 96 intervals from the observed energy and trades only
+//! the next interval (immediate-or-cancel).
+
+use super::params::check_range;
+use super::{
+    MarketData, NewOrder, Strategy, StrategyContext, StrategyError, StrategyInit, StrategyParams,
+    StrategySnapshot, Timer,
+};
+use crate::market::{DeliveryInterval, Market, MarketKind};
+use crate::order::{Side, TimeInForce};
+use chrono::{NaiveDate, TimeZone, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal_macros::dec;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Hours in one delivery interval.
+const INTERVAL_H: Decimal = dec!(0.25);
+/// Order quantities are multiples of this, MW.
+const QUANTITY_DP: u32 = 3;
+const LOT_MW: Decimal = dec!(0.001);
+/// Prices are multiples of 0.01 CNY/MWh.
+const PRICE_DP: u32 = 2;
+/// Most slots one plan covers (a 25-hour daylight-saving day has 100).
+pub const MAX_PLAN_SLOTS: usize = 100;
+/// Rolling horizon in intervals.
+const ROLLING_HORIZON: usize = 96;
+/// Most forecasts kept (about four days).
+const MAX_FORECASTS: usize = 400;
+/// Most planned days / traded intervals remembered.
+const MAX_REMEMBERED_DAYS: usize = 8;
+const MAX_REMEMBERED_INTERVALS: usize = 200;
+
+/// Parameters of [`BatteryArbitrage`]; every one has a documented default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatteryParams {
+    /// Largest order, MW (default 1).
+    pub max_order_mw: Decimal,
+    /// Least margin per MWh sold after losses and degradation, CNY/MWh (default 0).
+    pub min_spread_cny_per_mwh: Decimal,
+    /// Wear cost per MWh discharged, CNY/MWh (default 0).
+    pub degradation_cost_cny_per_mwh: Decimal,
+    /// Usable energy capacity, MWh (default 2).
+    pub energy_mwh: Decimal,
+    /// SoC limits, percent of `energy_mwh` (defaults 10 and 90).
+    pub soc_min_pct: Decimal,
+    pub soc_max_pct: Decimal,
+    /// SoC assumed before any observation, percent (default: `soc_min_pct`).
+    pub initial_soc_pct: Decimal,
+    /// Round-trip efficiency in (0, 1] (default 0.9).
+    pub efficiency: Decimal,
+    /// Inverter power limit, MW, both directions (default 1).
+    pub power_mw: Decimal,
+}
+
+impl Default for BatteryParams {
+    fn default() -> Self {
+        Self {
+            max_order_mw: dec!(1),
+            min_spread_cny_per_mwh: dec!(0),
+            degradation_cost_cny_per_mwh: dec!(0),
+            energy_mwh: dec!(2),
+            soc_min_pct: dec!(10),
+            soc_max_pct: dec!(90),
+            initial_soc_pct: dec!(10),
+            efficiency: dec!(0.9),
+            power_mw: dec!(1),
+        }
+    }
+}
+
+impl BatteryParams {
+    pub const NAMES: [&'static str; 9] = [
+        "max_order_mw",
+        "min_spread_cny_per_mwh",
+        "degradation_cost_cny_per_mwh",
+        "energy_mwh",
+        "soc_min_pct",
+        "soc_max_pct",
+        "initial_soc_pct",
+        "efficiency",
+        "power_mw",
+    ];
+
+    /// Reads and validates; errors name the parameter.
+    pub fn from_params(p: &StrategyParams) -> Result<Self, StrategyError> {
+        p.expect_only(&Self::NAMES)?;
+        let d = Self::default();
+        let soc_min_pct = p.decimal_or("soc_min_pct", d.soc_min_pct)?;
+        let params = Self {
+            max_order_mw: p.decimal_or("max_order_mw", d.max_order_mw)?,
+            min_spread_cny_per_mwh: p
+                .decimal_or("min_spread_cny_per_mwh", d.min_spread_cny_per_mwh)?,
+            degradation_cost_cny_per_mwh: p.decimal_or(
+                "degradation_cost_cny_per_mwh",
+                d.degradation_cost_cny_per_mwh,
+            )?,
+            energy_mwh: p.decimal_or("energy_mwh", d.energy_mwh)?,
+            soc_min_pct,
+            soc_max_pct: p.decimal_or("soc_max_pct", d.soc_max_pct)?,
+            initial_soc_pct: p.decimal_or("initial_soc_pct", soc_min_pct)?,
+            efficiency: p.decimal_or("efficiency", d.efficiency)?,
+            power_mw: p.decimal_or("power_mw", d.power_mw)?,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+
+    pub fn validate(&self) -> Result<(), StrategyError> {
+        let big = Some(dec!(1_000_000));
+        let zero = Some(Decimal::ZERO);
+        check_range("max_order_mw", self.max_order_mw, zero, big, true)?;
+        check_range("power_mw", self.power_mw, zero, big, true)?;
+        check_range("energy_mwh", self.energy_mwh, zero, big, true)?;
+        check_range(
+            "min_spread_cny_per_mwh",
+            self.min_spread_cny_per_mwh,
+            zero,
+            big,
+            false,
+        )?;
+        check_range(
+            "degradation_cost_cny_per_mwh",
+            self.degradation_cost_cny_per_mwh,
+            zero,
+            big,
+            false,
+        )?;
+        check_range(
+            "efficiency",
+            self.efficiency,
+            zero,
+            Some(Decimal::ONE),
+            true,
+        )?;
+        let pct = Some(Decimal::ONE_HUNDRED);
+        check_range("soc_min_pct", self.soc_min_pct, zero, pct, false)?;
+        check_range("soc_max_pct", self.soc_max_pct, zero, pct, false)?;
+        if self.soc_min_pct >= self.soc_max_pct {
+            return Err(StrategyError::param(
+                "soc_min_pct",
+                format!(
+                    "{} must be below soc_max_pct {}",
+                    self.soc_min_pct, self.soc_max_pct
+                ),
+            ));
+        }
+        check_range(
+            "initial_soc_pct",
+            self.initial_soc_pct,
+            Some(self.soc_min_pct),
+            Some(self.soc_max_pct),
+            false,
+        )?;
+        Ok(())
+    }
+
+    pub fn energy_min_mwh(&self) -> Decimal {
+        self.energy_mwh * self.soc_min_pct / Decimal::ONE_HUNDRED
+    }
+
+    pub fn energy_max_mwh(&self) -> Decimal {
+        self.energy_mwh * self.soc_max_pct / Decimal::ONE_HUNDRED
+    }
+}
+
+/// One slot of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSlot {
+    pub interval: DeliveryInterval,
+    /// Positive: sell (discharge) this many MW; negative: buy (charge).
+    pub net_sell_mw: Decimal,
+    /// The order's limit price; `None` when the slot does not trade.
+    pub limit_price_cny_per_mwh: Option<Decimal>,
+    /// Stored energy at the end of the slot, MWh.
+    pub energy_after_mwh: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArbitragePlan {
+    pub slots: Vec<PlanSlot>,
+    pub start_energy_mwh: Decimal,
+    pub end_energy_mwh: Decimal,
+    /// Σ margin × MWh sold at the forecast prices, CNY.
+    pub expected_margin_cny: Decimal,
+}
+
+/// Working state of the planner.
+struct Planner<'a> {
+    p: &'a BatteryParams,
+    prices: Vec<Option<Decimal>>,
+    cap_mw: Decimal,
+    e_min: Decimal,
+    e_max: Decimal,
+    buy_mw: Vec<Decimal>,
+    sell_mw: Vec<Decimal>,
+    /// Energy after each slot.
+    path: Vec<Decimal>,
+    buy_limit: Vec<Option<Decimal>>,
+    sell_limit: Vec<Option<Decimal>>,
+    margin_cny: Decimal,
+}
+
+/// Plans charge/discharge over `prices` (slot order = time order; `None` = no forecast, no
+/// trade) from `start_energy_mwh`. See the module docs for the method.
+pub fn plan_arbitrage(
+    params: &BatteryParams,
+    start_energy_mwh: Decimal,
+    prices: &[(DeliveryInterval, Option<Decimal>)],
+) -> ArbitragePlan {
+    let prices = &prices[..prices.len().min(MAX_PLAN_SLOTS)];
+    let n = prices.len();
+    let e0 = start_energy_mwh.clamp(Decimal::ZERO, params.energy_mwh);
+    let mut pl = Planner {
+        p: params,
+        prices: prices.iter().map(|(_, p)| *p).collect(),
+        cap_mw: params.power_mw.min(params.max_order_mw),
+        e_min: params.energy_min_mwh(),
+        e_max: params.energy_max_mwh(),
+        buy_mw: vec![Decimal::ZERO; n],
+        sell_mw: vec![Decimal::ZERO; n],
+        path: vec![e0; n],
+        buy_limit: vec![None; n],
+        sell_limit: vec![None; n],
+        margin_cny: Decimal::ZERO,
+    };
+    // A start outside the SoC limits (should not happen: the BMS holds them) plans nothing
+    // rather than assume energy or headroom that is not there.
+    if (pl.e_min..=pl.e_max).contains(&e0) {
+        for (margin, c, d) in candidates(params, prices) {
+            pl.try_pair(margin, c, d);
+        }
+    }
+    let slots = (0..n)
+        .map(|t| {
+            let net = pl.sell_mw[t] - pl.buy_mw[t];
+            let limit = if net > Decimal::ZERO {
+                pl.sell_limit[t]
+            } else if net < Decimal::ZERO {
+                pl.buy_limit[t]
+            } else {
+                None
+            };
+            PlanSlot {
+                interval: prices[t].0,
+                net_sell_mw: net,
+                limit_price_cny_per_mwh: limit,
+                energy_after_mwh: pl.path[t],
+            }
+        })
+        .collect();
+    ArbitragePlan {
+        slots,
+        start_energy_mwh: e0,
+        end_energy_mwh: pl.path.last().copied().unwrap_or(e0),
+        expected_margin_cny: pl.margin_cny,
+    }
+}
+
+/// Profitable (charge slot, discharge slot) pairs, best first, ties broken by slot order.
+fn candidates(
+    p: &BatteryParams,
+    prices: &[(DeliveryInterval, Option<Decimal>)],
+) -> Vec<(Decimal, usize, usize)> {
+    let mut out = Vec::new();
+    for (c, (_, pc)) in prices.iter().enumerate() {
+        let Some(pc) = pc else { continue };
+        let cost = *pc / p.efficiency + p.degradation_cost_cny_per_mwh;
+        for (d, (_, pd)) in prices.iter().enumerate() {
+            let Some(pd) = pd else { continue };
+            let margin = *pd - cost;
+            if c != d && margin > Decimal::ZERO && margin >= p.min_spread_cny_per_mwh {
+                out.push((margin, c, d));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    out
+}
+
+impl Planner<'_> {
+    fn try_pair(&mut self, margin: Decimal, c: usize, d: usize) {
+        if self.sell_mw[c] > Decimal::ZERO || self.buy_mw[d] > Decimal::ZERO {
+            return;
+        }
+        let room_buy = self.cap_mw - self.buy_mw[c];
+        let room_sell = self.cap_mw - self.sell_mw[d];
+        if room_buy <= Decimal::ZERO || room_sell <= Decimal::ZERO {
+            return;
+        }
+        let eta = self.p.efficiency;
+        let energy = (room_sell * INTERVAL_H)
+            .min(room_buy * INTERVAL_H * eta)
+            .min(self.window_room(c, d));
+        if energy <= Decimal::ZERO {
+            return;
+        }
+        let mut buy = floor_lot(energy / (INTERVAL_H * eta));
+        // Rounding leaves a tiny surplus of stored energy; the full check below catches the
+        // rare case where that surplus would cross the ceiling, and one lot less fixes it.
+        for _ in 0..3 {
+            let sell = floor_lot(buy * eta);
+            if sell <= Decimal::ZERO {
+                return;
+            }
+            if self.feasible(c, d, buy, sell) {
+                self.apply(margin, c, d, buy, sell);
+                return;
+            }
+            buy -= LOT_MW;
+        }
+    }
+
+    /// Energy that fits between the two slots on the current path.
+    fn window_room(&self, c: usize, d: usize) -> Decimal {
+        let mut room = Decimal::MAX;
+        if c < d {
+            for &e in &self.path[c..d] {
+                room = room.min((self.e_max - e).max(Decimal::ZERO));
+            }
+        } else {
+            for &e in &self.path[d..c] {
+                room = room.min((e - self.e_min).max(Decimal::ZERO));
+            }
+        }
+        room
+    }
+
+    fn deltas(&self, buy: Decimal, sell: Decimal) -> (Decimal, Decimal) {
+        (buy * INTERVAL_H * self.p.efficiency, sell * INTERVAL_H)
+    }
+
+    /// Every slot's energy stays within [e_min, e_max].
+    fn feasible(&self, c: usize, d: usize, buy: Decimal, sell: Decimal) -> bool {
+        let (stored, removed) = self.deltas(buy, sell);
+        (c.min(d)..self.path.len()).all(|t| {
+            let mut new = self.path[t];
+            if t >= c {
+                new += stored;
+            }
+            if t >= d {
+                new -= removed;
+            }
+            new >= self.e_min && new <= self.e_max
+        })
+    }
+
+    fn apply(&mut self, margin: Decimal, c: usize, d: usize, buy: Decimal, sell: Decimal) {
+        let (stored, removed) = self.deltas(buy, sell);
+        for t in c.min(d)..self.path.len() {
+            if t >= c {
+                self.path[t] += stored;
+            }
+            if t >= d {
+                self.path[t] -= removed;
+            }
+        }
+        self.buy_mw[c] += buy;
+        self.sell_mw[d] += sell;
+        self.margin_cny += margin * removed;
+        let p = self.p;
+        let (Some(pc), Some(pd)) = (self.prices[c], self.prices[d]) else {
+            return;
+        };
+        // Highest buy price / lowest sell price at which this pair still earns min_spread.
+        let costs = p.degradation_cost_cny_per_mwh + p.min_spread_cny_per_mwh;
+        let buy_limit = ((pd - costs) * p.efficiency)
+            .round_dp_with_strategy(PRICE_DP, RoundingStrategy::ToNegativeInfinity);
+        let sell_limit = (pc / p.efficiency + costs)
+            .round_dp_with_strategy(PRICE_DP, RoundingStrategy::ToPositiveInfinity);
+        self.buy_limit[c] = Some(self.buy_limit[c].map_or(buy_limit, |l| l.min(buy_limit)));
+        self.sell_limit[d] = Some(self.sell_limit[d].map_or(sell_limit, |l| l.max(sell_limit)));
+    }
+}
+
+fn floor_lot(mw: Decimal) -> Decimal {
+    mw.round_dp_with_strategy(QUANTITY_DP, RoundingStrategy::ToZero)
+}
+
+/// The snapshot state of [`BatteryArbitrage`] (version 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct BatteryState {
+    /// Reference (forecast) prices of the strategy's market.
+    forecasts: BTreeMap<DeliveryInterval, Decimal>,
+    /// Energy stored, MWh, from the last capacity update with a storage state.
+    observed_energy_mwh: Option<Decimal>,
+    /// Day-ahead trading days already planned.
+    planned_days: BTreeSet<NaiveDate>,
+    /// End energy of the last day-ahead plan, the start of the next day's.
+    last_plan_end: Option<(NaiveDate, Decimal)>,
+    /// Intervals the rolling mode already traded.
+    rolled: BTreeSet<DeliveryInterval>,
+}
+
+/// Serialised form: maps as lists so any JSON store takes them.
+#[derive(Serialize, Deserialize)]
+struct BatteryStateV1 {
+    forecasts: Vec<(DeliveryInterval, Decimal)>,
+    observed_energy_mwh: Option<Decimal>,
+    planned_days: Vec<NaiveDate>,
+    last_plan_end: Option<(NaiveDate, Decimal)>,
+    rolled: Vec<DeliveryInterval>,
+}
+
+/// Day-ahead and rolling battery arbitrage; see the module docs.
+#[derive(Debug, Clone)]
+pub struct BatteryArbitrage {
+    params: BatteryParams,
+    market: Market,
+    state: BatteryState,
+}
+
+impl BatteryArbitrage {
+    pub const KIND: &'static str = "battery_arbitrage";
+    const SNAPSHOT_VERSION: u32 = 1;
+
+    pub fn new(params: BatteryParams, market: Market) -> Result<Self, StrategyError> {
+        params.validate()?;
+        Ok(Self {
+            params,
+            market,
+            state: BatteryState::default(),
+        })
+    }
+
+    /// The registry constructor.
+    pub fn construct(init: &StrategyInit) -> Result<Box<dyn Strategy>, StrategyError> {
+        let params = BatteryParams::from_params(&init.params)?;
+        Ok(Box::new(Self::new(params, init.market.clone())?))
+    }
+
+    pub fn params(&self) -> &BatteryParams {
+        &self.params
+    }
+
+    fn start_energy(&self, day: Option<NaiveDate>) -> Decimal {
+        if let (Some(day), Some((planned, end))) = (day, self.state.last_plan_end) {
+            if day.pred_opt() == Some(planned) {
+                return end;
+            }
+        }
+        self.state.observed_energy_mwh.unwrap_or_else(|| {
+            self.params.energy_mwh * self.params.initial_soc_pct / Decimal::ONE_HUNDRED
+        })
+    }
+
+    /// Intervals of the market's local `day` with their forecasts.
+    fn day_prices(&self, day: NaiveDate) -> Vec<(DeliveryInterval, Option<Decimal>)> {
+        let tz = self.market.timezone;
+        let Some(start) = day
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| tz.from_local_datetime(&t).earliest())
+        else {
+            return Vec::new();
+        };
+        let mut interval = DeliveryInterval::containing(start.with_timezone(&Utc));
+        let mut out = Vec::with_capacity(MAX_PLAN_SLOTS);
+        while interval.trading_day(tz) == day && out.len() < MAX_PLAN_SLOTS {
+            out.push((interval, self.state.forecasts.get(&interval).copied()));
+            interval = interval.next();
+        }
+        out
+    }
+
+    fn rolling_prices(&self, first: DeliveryInterval) -> Vec<(DeliveryInterval, Option<Decimal>)> {
+        let mut interval = first;
+        let mut out = Vec::with_capacity(ROLLING_HORIZON);
+        for _ in 0..ROLLING_HORIZON {
+            out.push((interval, self.state.forecasts.get(&interval).copied()));
+            interval = interval.next();
+        }
+        out
+    }
+
+    /// Whether the strategy already has an order or a position for the interval.
+    fn engaged(ctx: &StrategyContext<'_>, market: &Market, interval: DeliveryInterval) -> bool {
+        ctx.position(market.id, interval).is_some()
+            || ctx
+                .open_orders()
+                .any(|o| o.request.market_id == market.id && o.request.interval == interval)
+    }
+
+    /// The order for a planned slot, with its limit inside the market's price band; `None`
+    /// when the slot does not trade or the band makes its limit unreachable.
+    fn order_for(&self, slot: &PlanSlot, tif: TimeInForce) -> Option<NewOrder> {
+        let limit = slot.limit_price_cny_per_mwh?;
+        let (cap, floor) = (
+            self.market.price_cap_cny_per_mwh,
+            self.market.price_floor_cny_per_mwh,
+        );
+        let (side, quantity_mw, price) = if slot.net_sell_mw > Decimal::ZERO {
+            (Side::Sell, slot.net_sell_mw, limit.max(floor))
+        } else if slot.net_sell_mw < Decimal::ZERO {
+            (Side::Buy, -slot.net_sell_mw, limit.min(cap))
+        } else {
+            return None;
+        };
+        if price > cap || price < floor {
+            return None;
+        }
+        Some(NewOrder {
+            market_id: self.market.id,
+            product: self.market.kind.default_product(),
+            interval: slot.interval,
+            side,
+            quantity_mw,
+            price_cny_per_mwh: price,
+            time_in_force: tif,
+        })
+    }
+
+    fn plan_day(
+        &mut self,
+        ctx: &mut StrategyContext<'_>,
+        day: NaiveDate,
+    ) -> Result<(), StrategyError> {
+        if self.state.planned_days.contains(&day) {
+            return Ok(());
+        }
+        let prices = self.day_prices(day);
+        let plan = plan_arbitrage(&self.params, self.start_energy(Some(day)), &prices);
+        for slot in &plan.slots {
+            if Self::engaged(ctx, &self.market, slot.interval) {
+                continue;
+            }
+            if let Some(order) = self.order_for(slot, TimeInForce::Day) {
+                ctx.submit(order)?;
+            }
+        }
+        self.state.planned_days.insert(day);
+        bound_set(&mut self.state.planned_days, MAX_REMEMBERED_DAYS);
+        self.state.last_plan_end = Some((day, plan.end_energy_mwh));
+        Ok(())
+    }
+
+    fn roll(
+        &mut self,
+        ctx: &mut StrategyContext<'_>,
+        started: DeliveryInterval,
+    ) -> Result<(), StrategyError> {
+        let next = started.next();
+        if self.state.rolled.contains(&next) || Self::engaged(ctx, &self.market, next) {
+            return Ok(());
+        }
+        let prices = self.rolling_prices(next);
+        if prices[0].1.is_none() {
+            return Ok(());
+        }
+        let plan = plan_arbitrage(&self.params, self.start_energy(None), &prices);
+        if let Some(order) = plan
+            .slots
+            .first()
+            .and_then(|s| self.order_for(s, TimeInForce::Ioc))
+        {
+            ctx.submit(order)?;
+            self.state.rolled.insert(next);
+            bound_set(&mut self.state.rolled, MAX_REMEMBERED_INTERVALS);
+        }
+        Ok(())
+    }
+
+    /// Drops forecasts of intervals that ended more than a day before `now`.
+    fn prune_forecasts(&mut self, now: crate::Timestamp) {
+        let horizon = DeliveryInterval::containing(now - chrono::Duration::days(1));
+        self.state.forecasts = self.state.forecasts.split_off(&horizon);
+    }
+}
+
+/// Keeps the `max` largest elements of an ordered set.
+fn bound_set<T: Ord + Copy>(set: &mut BTreeSet<T>, max: usize) {
+    while set.len() > max {
+        let Some(first) = set.first().copied() else {
+            break;
+        };
+        set.remove(&first);
+    }
+}
+
+impl Strategy for BatteryArbitrage {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    fn on_market_data(
+        &mut self,
+        _ctx: &mut StrategyContext<'_>,
+        data: &MarketData,
+    ) -> Result<(), StrategyError> {
+        if let MarketData::Price {
+            market,
+            interval,
+            reference_price_cny_per_mwh,
+            ..
+        } = data
+        {
+            if *market == self.market.id {
+                let f = &mut self.state.forecasts;
+                f.insert(*interval, *reference_price_cny_per_mwh);
+                while f.len() > MAX_FORECASTS {
+                    f.pop_first();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_capacity(
+        &mut self,
+        _ctx: &mut StrategyContext<'_>,
+        update: &super::CapacityUpdate,
+    ) -> Result<(), StrategyError> {
+        if let Some(storage) = update.storage {
+            self.state.observed_energy_mwh = Some(storage.energy_kwh / dec!(1000));
+        }
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        ctx: &mut StrategyContext<'_>,
+        timer: &Timer,
+    ) -> Result<(), StrategyError> {
+        self.prune_forecasts(ctx.now());
+        match (*timer, self.market.kind) {
+            (
+                Timer::GateClosureApproaching {
+                    market,
+                    trading_day,
+                },
+                MarketKind::DayAhead,
+            ) if market == self.market.id => self.plan_day(ctx, trading_day),
+            (Timer::IntervalStart { interval }, kind) if kind != MarketKind::DayAhead => {
+                self.roll(ctx, interval)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn snapshot(&self) -> Result<StrategySnapshot, StrategyError> {
+        let s = &self.state;
+        let v1 = BatteryStateV1 {
+            forecasts: s.forecasts.iter().map(|(k, v)| (*k, *v)).collect(),
+            observed_energy_mwh: s.observed_energy_mwh,
+            planned_days: s.planned_days.iter().copied().collect(),
+            last_plan_end: s.last_plan_end,
+            rolled: s.rolled.iter().copied().collect(),
+        };
+        StrategySnapshot::encode(Self::KIND, Self::SNAPSHOT_VERSION, &v1)
+    }
+
+    fn restore(&mut self, snapshot: &StrategySnapshot) -> Result<(), StrategyError> {
+        let v1: BatteryStateV1 = snapshot.decode(Self::KIND, Self::SNAPSHOT_VERSION)?;
+        if v1.forecasts.len() > MAX_FORECASTS
+            || v1.planned_days.len() > MAX_REMEMBERED_DAYS
+            || v1.rolled.len() > MAX_REMEMBERED_INTERVALS
+        {
+            return Err(StrategyError::Snapshot(format!(
+                "{}: snapshot exceeds its bounds ({MAX_FORECASTS} forecasts, {MAX_REMEMBERED_DAYS} days, {MAX_REMEMBERED_INTERVALS} intervals)",
+                Self::KIND
+            )));
+        }
+        self.state = BatteryState {
+            forecasts: v1.forecasts.into_iter().collect(),
+            observed_energy_mwh: v1.observed_energy_mwh,
+            planned_days: v1.planned_days.into_iter().collect(),
+            last_plan_end: v1.last_plan_end,
+            rolled: v1.rolled.into_iter().collect(),
+        };
+        Ok(())
+    }
+}

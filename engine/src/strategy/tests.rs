@@ -1,0 +1,807 @@
+use super::*;
+use crate::aggregation::AggregatedCapacity;
+use crate::ids::FillId;
+use crate::market::{Market, MarketKind};
+use crate::order::ExecKind;
+use chrono::{NaiveDate, TimeZone, Utc};
+use proptest::prelude::{prop_assert, prop_assert_eq, proptest, ProptestConfig};
+use rust_decimal_macros::dec;
+
+fn t(d: u32, h: u32, m: u32) -> Timestamp {
+    Utc.with_ymd_and_hms(2026, 3, d, h, m, 0).unwrap()
+}
+
+fn market(id: u64, kind: MarketKind) -> Market {
+    Market {
+        id: MarketId(id),
+        name: format!("m{id}"),
+        kind,
+        timezone: chrono_tz::Asia::Shanghai,
+        price_cap_cny_per_mwh: dec!(1500),
+        price_floor_cny_per_mwh: dec!(-100),
+        negative_prices_allowed: true,
+        gate_closure_minutes_before: 14 * 60,
+    }
+}
+
+fn day_ahead() -> Market {
+    market(1, MarketKind::DayAhead)
+}
+
+fn real_time() -> Market {
+    market(2, MarketKind::RealTime)
+}
+
+/// 96 intervals of `day` in Shanghai (starts 16:00 UTC the day before).
+fn day_intervals(day: u32) -> Vec<DeliveryInterval> {
+    let start = t(day - 1, 16, 0);
+    (0..96)
+        .map(|i| DeliveryInterval::starting_at(start + chrono::Duration::minutes(15 * i)).unwrap())
+        .collect()
+}
+
+fn ideal_params() -> BatteryParams {
+    BatteryParams {
+        max_order_mw: dec!(1),
+        min_spread_cny_per_mwh: dec!(0),
+        degradation_cost_cny_per_mwh: dec!(0),
+        energy_mwh: dec!(2),
+        soc_min_pct: dec!(0),
+        soc_max_pct: dec!(100),
+        initial_soc_pct: dec!(0),
+        efficiency: dec!(1),
+        power_mw: dec!(1),
+    }
+}
+
+/// Base 300, cheap (100 + i) in slots 12..20, dear (600 + i) in slots 72..80.
+fn two_peak_curve(day: u32) -> Vec<(DeliveryInterval, Option<Decimal>)> {
+    day_intervals(day)
+        .into_iter()
+        .enumerate()
+        .map(|(i, iv)| {
+            let i_dec = Decimal::from(i as u64);
+            let p = match i {
+                12..20 => dec!(100) + i_dec,
+                72..80 => dec!(600) + i_dec,
+                _ => dec!(300),
+            };
+            (iv, Some(p))
+        })
+        .collect()
+}
+
+/// Replays the plan with the module's energy model and checks the limits at every slot.
+fn replay_energy(p: &BatteryParams, plan: &ArbitragePlan) -> Vec<Decimal> {
+    let mut e = plan.start_energy_mwh;
+    plan.slots
+        .iter()
+        .map(|s| {
+            if s.net_sell_mw > Decimal::ZERO {
+                e -= s.net_sell_mw * dec!(0.25);
+            } else {
+                e += -s.net_sell_mw * dec!(0.25) * p.efficiency;
+            }
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn arbitrage_charges_in_the_cheapest_and_discharges_in_the_dearest_intervals() {
+    let p = ideal_params();
+    let plan = plan_arbitrage(&p, dec!(0), &two_peak_curve(2));
+    let buys: Vec<usize> = (0..96)
+        .filter(|&i| plan.slots[i].net_sell_mw < Decimal::ZERO)
+        .collect();
+    let sells: Vec<usize> = (0..96)
+        .filter(|&i| plan.slots[i].net_sell_mw > Decimal::ZERO)
+        .collect();
+    assert_eq!(buys, (12..20).collect::<Vec<_>>());
+    assert_eq!(sells, (72..80).collect::<Vec<_>>());
+    for i in buys.iter().chain(&sells) {
+        assert_eq!(plan.slots[*i].net_sell_mw.abs(), dec!(1));
+    }
+    assert_eq!(plan.end_energy_mwh, dec!(0));
+    // 8 × 0.25 MWh each way; margins (600+j) − (100+i) summed.
+    // Σ(672..=679) − Σ(112..=119) = 8 × 560 CNY/MWh, on 0.25 MWh per slot.
+    assert_eq!(plan.expected_margin_cny, dec!(1120));
+}
+
+#[test]
+fn arbitrage_with_losses_never_sells_energy_it_will_not_have() {
+    let p = BatteryParams {
+        efficiency: dec!(0.81),
+        soc_min_pct: dec!(10),
+        soc_max_pct: dec!(90),
+        initial_soc_pct: dec!(10),
+        power_mw: dec!(0.8),
+        max_order_mw: dec!(0.5),
+        ..ideal_params()
+    };
+    let plan = plan_arbitrage(&p, dec!(0.2), &two_peak_curve(2));
+    let path = replay_energy(&p, &plan);
+    assert!(plan.slots.iter().any(|s| s.net_sell_mw > Decimal::ZERO));
+    for (slot, e) in plan.slots.iter().zip(&path) {
+        assert!(*e >= p.energy_min_mwh() && *e <= p.energy_max_mwh(), "{e}");
+        assert_eq!(slot.energy_after_mwh, *e);
+        assert!(slot.net_sell_mw.abs() <= dec!(0.5));
+    }
+    let sold: Decimal = plan
+        .slots
+        .iter()
+        .map(|s| s.net_sell_mw.max(Decimal::ZERO))
+        .sum();
+    let bought: Decimal = plan
+        .slots
+        .iter()
+        .map(|s| (-s.net_sell_mw).max(Decimal::ZERO))
+        .sum();
+    // Started at the floor: everything sold was stored first.
+    assert!(sold * dec!(0.25) <= bought * dec!(0.25) * dec!(0.81));
+}
+
+#[test]
+fn arbitrage_does_not_trade_when_the_spread_is_too_small() {
+    let day = day_intervals(2);
+    let curve = |lo: Decimal, hi: Decimal| -> Vec<(DeliveryInterval, Option<Decimal>)> {
+        day.iter()
+            .enumerate()
+            .map(|(i, iv)| (*iv, Some(if i < 48 { lo } else { hi })))
+            .collect()
+    };
+    // Efficiency alone eats a 20 CNY spread at 300: 320 − 300/0.9 < 0.
+    let lossy = BatteryParams {
+        efficiency: dec!(0.9),
+        ..ideal_params()
+    };
+    let plan = plan_arbitrage(&lossy, dec!(0), &curve(dec!(300), dec!(320)));
+    assert!(plan.slots.iter().all(|s| s.net_sell_mw.is_zero()));
+    // margin = 300 − 100/0.9 − 50 = 138.89: trades at min_spread 100, not at 150.
+    let mut p = BatteryParams {
+        efficiency: dec!(0.9),
+        degradation_cost_cny_per_mwh: dec!(50),
+        min_spread_cny_per_mwh: dec!(100),
+        ..ideal_params()
+    };
+    let plan = plan_arbitrage(&p, dec!(0), &curve(dec!(100), dec!(300)));
+    assert!(plan.slots.iter().any(|s| s.net_sell_mw > Decimal::ZERO));
+    let buy = plan
+        .slots
+        .iter()
+        .find(|s| s.net_sell_mw < Decimal::ZERO)
+        .unwrap();
+    // Highest buy price still earning 100: (300 − 50 − 100) × 0.9 = 135.
+    assert_eq!(buy.limit_price_cny_per_mwh, Some(dec!(135)));
+    let sell = plan
+        .slots
+        .iter()
+        .find(|s| s.net_sell_mw > Decimal::ZERO)
+        .unwrap();
+    // Lowest sell price earning 100: 100/0.9 + 150 = 261.11.. rounded up.
+    assert_eq!(sell.limit_price_cny_per_mwh, Some(dec!(261.12)));
+    p.min_spread_cny_per_mwh = dec!(150);
+    let plan = plan_arbitrage(&p, dec!(0), &curve(dec!(100), dec!(300)));
+    assert!(plan.slots.iter().all(|s| s.net_sell_mw.is_zero()));
+}
+
+#[test]
+fn arbitrage_starting_full_discharges_first() {
+    let p = ideal_params();
+    // Dear early, cheap late: only possible by selling stored energy first.
+    let curve: Vec<_> = day_intervals(2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, iv)| (iv, Some(if i < 4 { dec!(800) } else { dec!(200) })))
+        .collect();
+    let plan = plan_arbitrage(&p, dec!(1), &curve);
+    let sold: Decimal = plan.slots[..4].iter().map(|s| s.net_sell_mw).sum();
+    assert_eq!(sold, dec!(4), "1 MWh stored, 4 slots of 0.25 MWh");
+    assert!(replay_energy(&p, &plan).iter().all(|e| *e >= dec!(0)));
+    let from_empty = plan_arbitrage(&p, dec!(0), &curve);
+    assert!(from_empty.slots[..4]
+        .iter()
+        .all(|s| s.net_sell_mw.is_zero()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn plan_stays_within_soc_and_power_limits(
+        prices in proptest::collection::vec(-100i64..1500, 96),
+        eff_pct in 50u32..=100,
+        start_pct in 0u32..=100,
+        power_dmw in 1u32..30,
+    ) {
+        let p = BatteryParams {
+            efficiency: Decimal::from(eff_pct) / dec!(100),
+            soc_min_pct: dec!(15),
+            soc_max_pct: dec!(85),
+            initial_soc_pct: dec!(15),
+            power_mw: Decimal::from(power_dmw) / dec!(10),
+            max_order_mw: dec!(1.5),
+            degradation_cost_cny_per_mwh: dec!(5),
+            ..ideal_params()
+        };
+        let curve: Vec<_> = day_intervals(2).into_iter().zip(prices)
+            .map(|(iv, p)| (iv, Some(Decimal::from(p)))).collect();
+        let start = p.energy_mwh * Decimal::from(start_pct) / dec!(100);
+        let plan = plan_arbitrage(&p, start, &curve);
+        let path = replay_energy(&p, &plan);
+        let in_limits = (p.energy_min_mwh()..=p.energy_max_mwh()).contains(&start);
+        for (slot, e) in plan.slots.iter().zip(&path) {
+            prop_assert!(slot.net_sell_mw.abs() <= p.power_mw.min(p.max_order_mw));
+            if in_limits {
+                prop_assert!(*e >= p.energy_min_mwh() && *e <= p.energy_max_mwh());
+            } else {
+                prop_assert!(slot.net_sell_mw.is_zero());
+            }
+            prop_assert_eq!(slot.energy_after_mwh, *e);
+        }
+        prop_assert!(plan.expected_margin_cny >= Decimal::ZERO);
+    }
+}
+
+// ---------------------------------------------------------------- host and built-ins
+
+fn init(kind: &str, m: Market, params: StrategyParams) -> StrategyInit {
+    StrategyInit {
+        strategy_id: StrategyId(7),
+        name: "north-battery".into(),
+        kind: kind.into(),
+        aggregation_id: AggregationId(3),
+        market: m,
+        params,
+    }
+}
+
+fn battery_params_json() -> StrategyParams {
+    StrategyParams::from_json(&serde_json::json!({
+        "max_order_mw": 1.0,
+        "min_spread_cny_per_mwh": 20,
+        "energy_mwh": 2,
+        "soc_min_pct": 0,
+        "soc_max_pct": 100,
+        "efficiency": 1,
+        "power_mw": 1
+    }))
+    .unwrap()
+}
+
+fn battery_host() -> StrategyHost {
+    let reg = StrategyRegistry::with_builtins();
+    let s = reg
+        .create(&init(
+            "battery_arbitrage",
+            day_ahead(),
+            battery_params_json(),
+        ))
+        .unwrap();
+    StrategyHost::new(s, HostConfig::new(StrategyId(7), AggregationId(3))).unwrap()
+}
+
+fn price(m: &Market, iv: DeliveryInterval, p: Decimal) -> MarketData {
+    MarketData::Price {
+        market: m.id,
+        interval: iv,
+        reference_price_cny_per_mwh: p,
+        last_trade_price_cny_per_mwh: None,
+        at: t(1, 0, 0),
+    }
+}
+
+fn gate(day: u32) -> Timer {
+    Timer::GateClosureApproaching {
+        market: MarketId(1),
+        trading_day: NaiveDate::from_ymd_opt(2026, 3, day).unwrap(),
+    }
+}
+
+fn feed_day(host: &mut StrategyHost, day: u32) {
+    for (iv, p) in two_peak_curve(day) {
+        let out = host
+            .on_market_data(t(1, 0, 0), &price(&day_ahead(), iv, p.unwrap()))
+            .unwrap();
+        assert!(out.is_empty());
+    }
+}
+
+fn news(intents: &[OrderIntent]) -> Vec<OrderRequest> {
+    intents
+        .iter()
+        .filter_map(|i| match i {
+            OrderIntent::New(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn day_ahead_plan_is_emitted_once_at_gate_closure_with_deterministic_ids() {
+    let mut host = battery_host();
+    feed_day(&mut host, 2);
+    let intents = host.on_timer(t(1, 1, 30), &gate(2)).unwrap().to_vec();
+    let orders = news(&intents);
+    assert_eq!(orders.len(), 16);
+    let ids: Vec<String> = orders
+        .iter()
+        .map(|o| o.client_order_id.to_string())
+        .collect();
+    let expected: Vec<String> = (1..=16).map(|n| format!("s7-{n}")).collect();
+    assert_eq!(ids, expected);
+    let intervals = day_intervals(2);
+    for o in &orders[..8] {
+        assert_eq!(o.side, Side::Buy);
+        assert!(intervals[12..20].contains(&o.interval));
+    }
+    for o in &orders[8..] {
+        assert_eq!(o.side, Side::Sell);
+        assert!(intervals[72..80].contains(&o.interval));
+        assert_eq!(o.time_in_force, TimeInForce::Day);
+    }
+    assert!(orders.iter().all(|o| o.strategy_id == Some(StrategyId(7))
+        && o.aggregation_id == AggregationId(3)
+        && o.market_id == MarketId(1)
+        && o.product == Product::Energy));
+    assert_eq!(host.book().open_orders().count(), 16);
+    // The same timer again (duplicate delivery) plans nothing.
+    assert!(host.on_timer(t(1, 1, 31), &gate(2)).unwrap().is_empty());
+
+    // A second host fed the same inputs emits byte-identical intents.
+    let mut twin = battery_host();
+    feed_day(&mut twin, 2);
+    let again = twin.on_timer(t(1, 1, 30), &gate(2)).unwrap().to_vec();
+    assert_eq!(
+        serde_json::to_string(&again).unwrap(),
+        serde_json::to_string(&intents).unwrap()
+    );
+}
+
+fn report(seq: u64, id: &ClientOrderId, kind: ExecKind) -> ExecReport {
+    ExecReport {
+        seq,
+        client_order_id: id.clone(),
+        venue_order_id: Some(format!("v{seq}")),
+        kind,
+        at: t(1, 2, 0),
+    }
+}
+
+#[test]
+fn reports_and_rejections_keep_the_mirror_right() {
+    let mut host = battery_host();
+    feed_day(&mut host, 2);
+    let orders = news(host.on_timer(t(1, 1, 30), &gate(2)).unwrap());
+    let (a, b) = (&orders[0], &orders[1]);
+    host.on_exec_report(
+        t(1, 2, 0),
+        &report(1, &a.client_order_id, ExecKind::Accepted),
+        OrderStatus::Accepted,
+    )
+    .unwrap();
+    let fill = ExecKind::Fill {
+        fill_id: FillId(9),
+        quantity_mw: dec!(1),
+        price_cny_per_mwh: dec!(110),
+    };
+    host.on_exec_report(
+        t(1, 2, 0),
+        &report(2, &a.client_order_id, fill.clone()),
+        OrderStatus::Filled,
+    )
+    .unwrap();
+    // A duplicate fill report changes nothing.
+    host.on_exec_report(
+        t(1, 2, 0),
+        &report(2, &a.client_order_id, fill),
+        OrderStatus::Filled,
+    )
+    .unwrap();
+    let key = PositionKey {
+        aggregation_id: AggregationId(3),
+        market_id: MarketId(1),
+        interval: a.interval,
+    };
+    assert_eq!(host.book().positions()[&key].bought_mw, dec!(1));
+    assert!(host.book().open_order(&a.client_order_id).is_none());
+    let reject = RiskRejection {
+        client_order_id: b.client_order_id.clone(),
+        code: "max_order_size".into(),
+        message: "too big".into(),
+    };
+    host.on_risk_reject(t(1, 2, 0), &reject).unwrap();
+    assert!(host.book().open_order(&b.client_order_id).is_none());
+    assert_eq!(host.book().open_orders().count(), 14);
+}
+
+#[test]
+fn snapshot_and_restore_continue_identically() {
+    let reg = StrategyRegistry::with_builtins();
+    let cfg = HostConfig::new(StrategyId(7), AggregationId(3));
+    let mut live = battery_host();
+    feed_day(&mut live, 2);
+    let first = news(live.on_timer(t(1, 1, 30), &gate(2)).unwrap());
+    live.on_exec_report(
+        t(1, 2, 0),
+        &report(
+            1,
+            &first[0].client_order_id,
+            ExecKind::Fill {
+                fill_id: FillId(1),
+                quantity_mw: dec!(0.5),
+                price_cny_per_mwh: dec!(112),
+            },
+        ),
+        OrderStatus::PartiallyFilled,
+    )
+    .unwrap();
+    let storage = CapacityUpdate {
+        aggregation_id: AggregationId(3),
+        capacity: AggregatedCapacity::default(),
+        storage: Some(StorageState {
+            soc_pct: dec!(25),
+            energy_kwh: dec!(500),
+            capacity_kwh: dec!(2000),
+        }),
+        at: t(1, 3, 0),
+    };
+    live.on_capacity(t(1, 3, 0), &storage).unwrap();
+    feed_day(&mut live, 3);
+
+    let json = serde_json::to_string(&live.snapshot().unwrap()).unwrap();
+    let snap: HostSnapshot = serde_json::from_str(&json).unwrap();
+    let fresh = reg
+        .create(&init(
+            "battery_arbitrage",
+            day_ahead(),
+            battery_params_json(),
+        ))
+        .unwrap();
+    let mut restored = StrategyHost::restore(fresh, cfg, &snap).unwrap();
+    assert_eq!(restored.book(), live.book());
+    assert_eq!(restored.next_client_seq(), 17);
+
+    let a = live.on_timer(t(2, 1, 30), &gate(3)).unwrap().to_vec();
+    let b = restored.on_timer(t(2, 1, 30), &gate(3)).unwrap().to_vec();
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_eq!(a[0].client_order_id().as_str(), "s7-17");
+    // Day 3 starts from day 2's planned end energy (0), so it charges before it sells.
+    assert_eq!(news(&a)[0].side, Side::Buy);
+    // Restoring the wrong kind is refused.
+    let other = reg
+        .create(&init(
+            "real_time_threshold",
+            real_time(),
+            StrategyParams::new()
+                .with("sell_above_cny_per_mwh", dec!(500))
+                .unwrap()
+                .with("buy_below_cny_per_mwh", dec!(100))
+                .unwrap(),
+        ))
+        .unwrap();
+    let err = StrategyHost::restore(
+        other,
+        HostConfig::new(StrategyId(7), AggregationId(3)),
+        &snap,
+    )
+    .unwrap_err();
+    assert!(matches!(err, StrategyError::Snapshot(_)));
+}
+
+/// Submits `n` orders per market-data callback; propagates the limit error when `strict`.
+struct Spammer {
+    n: usize,
+    strict: bool,
+}
+
+impl Strategy for Spammer {
+    fn kind(&self) -> &'static str {
+        "spammer"
+    }
+    fn on_market_data(
+        &mut self,
+        ctx: &mut StrategyContext<'_>,
+        data: &MarketData,
+    ) -> Result<(), StrategyError> {
+        for _ in 0..self.n {
+            let order = NewOrder {
+                market_id: data.market(),
+                product: Product::Energy,
+                interval: data.interval(),
+                side: Side::Sell,
+                quantity_mw: dec!(0.1),
+                price_cny_per_mwh: dec!(400),
+                time_in_force: TimeInForce::Gtc,
+            };
+            match ctx.submit(order) {
+                Ok(_) => {}
+                Err(e) if self.strict => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+    fn snapshot(&self) -> Result<StrategySnapshot, StrategyError> {
+        StrategySnapshot::encode("spammer", 1, &self.n)
+    }
+    fn restore(&mut self, s: &StrategySnapshot) -> Result<(), StrategyError> {
+        self.n = s.decode("spammer", 1)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn intents_beyond_the_per_callback_limit_are_refused() {
+    let mut cfg = HostConfig::new(StrategyId(1), AggregationId(1));
+    cfg.max_intents_per_callback = 3;
+    let md = price(&real_time(), day_intervals(2)[0], dec!(300));
+    let mut lenient = StrategyHost::new(
+        Box::new(Spammer {
+            n: 5,
+            strict: false,
+        }),
+        cfg.clone(),
+    )
+    .unwrap();
+    assert_eq!(lenient.on_market_data(t(1, 0, 0), &md).unwrap().len(), 3);
+
+    let mut strict =
+        StrategyHost::new(Box::new(Spammer { n: 5, strict: true }), cfg.clone()).unwrap();
+    let err = strict.on_market_data(t(1, 0, 0), &md).unwrap_err();
+    assert_eq!(err, StrategyError::IntentLimit { limit: 3 });
+    assert_eq!(
+        strict.book().open_orders().count(),
+        0,
+        "a failed callback emits nothing"
+    );
+    // Ids handed out in the failed callback are burnt, never reused.
+    let mut ok = StrategyHost::restore(
+        Box::new(Spammer { n: 0, strict: true }),
+        cfg.clone(),
+        &strict.snapshot().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ok.next_client_seq(), 4);
+    ok.observe_client_ids([
+        &ClientOrderId::new("s1-41").unwrap(),
+        &ClientOrderId::new("s12-99").unwrap(),
+    ]);
+    assert_eq!(ok.next_client_seq(), 42);
+
+    cfg.max_intents_per_callback = 0;
+    assert!(StrategyHost::new(Box::new(Spammer { n: 1, strict: true }), cfg).is_err());
+}
+
+#[test]
+fn client_id_allocator_validates_its_prefix() {
+    assert!(ClientIdAllocator::new("").is_err());
+    assert!(ClientIdAllocator::new("a-b").is_err());
+    assert!(ClientIdAllocator::new("x".repeat(16)).is_err());
+    let mut ids = ClientIdAllocator::new("x".repeat(15)).unwrap();
+    ids.observe(&ClientOrderId::new(format!("{}-{}", "x".repeat(15), u64::MAX - 2)).unwrap());
+    let last = ids.allocate().unwrap();
+    assert!(last.as_str().len() <= crate::ids::CLIENT_ORDER_ID_MAX_LEN);
+    assert!(
+        ids.allocate().is_err(),
+        "id space exhausted is an error, not a wrap"
+    );
+}
+
+#[test]
+fn registry_names_unknown_kinds_and_bad_parameters() {
+    let mut reg = StrategyRegistry::with_builtins();
+    let err = reg
+        .create(&init("momentum", day_ahead(), StrategyParams::new()))
+        .unwrap_err();
+    assert!(err
+        .to_string()
+        .contains("battery_arbitrage, real_time_threshold"));
+    let bad = StrategyParams::new().with("efficiency", dec!(1.5)).unwrap();
+    let err = reg
+        .create(&init("battery_arbitrage", day_ahead(), bad))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StrategyError::param("efficiency", "1.5 outside (0, 1]")
+    );
+    let typo = StrategyParams::new().with("max_oder_mw", dec!(1)).unwrap();
+    let err = reg
+        .create(&init("battery_arbitrage", day_ahead(), typo))
+        .unwrap_err();
+    assert!(err.to_string().contains("max_oder_mw"));
+    let missing = StrategyParams::new()
+        .with("sell_above_cny_per_mwh", dec!(1))
+        .unwrap();
+    let err = reg
+        .create(&init("real_time_threshold", real_time(), missing))
+        .unwrap_err();
+    assert!(err.to_string().contains("buy_below_cny_per_mwh"));
+    assert_eq!(
+        reg.register("battery_arbitrage", BatteryArbitrage::construct),
+        Err(StrategyError::DuplicateKind("battery_arbitrage".into()))
+    );
+    assert!(reg
+        .register("Bad Kind", BatteryArbitrage::construct)
+        .is_err());
+    // The demo config's parameters are accepted.
+    let demo = StrategyParams::from_json(
+        &serde_json::json!({"max_order_mw": 1.0, "min_spread_cny_per_mwh": 80}),
+    )
+    .unwrap();
+    assert!(reg
+        .create(&init("battery_arbitrage", day_ahead(), demo))
+        .is_ok());
+}
+
+fn threshold_host() -> StrategyHost {
+    let params = StrategyParams::new()
+        .with("sell_above_cny_per_mwh", dec!(500))
+        .unwrap()
+        .with("buy_below_cny_per_mwh", dec!(100))
+        .unwrap()
+        .with("max_order_mw", dec!(0.6))
+        .unwrap()
+        .with("max_position_mw", dec!(1))
+        .unwrap();
+    let s = StrategyRegistry::with_builtins()
+        .create(&init("real_time_threshold", real_time(), params))
+        .unwrap();
+    StrategyHost::new(s, HostConfig::new(StrategyId(7), AggregationId(3))).unwrap()
+}
+
+fn book(iv: DeliveryInterval, bid: Decimal, ask: Decimal) -> MarketData {
+    let level = |p| {
+        Some(PriceLevel {
+            price_cny_per_mwh: p,
+            quantity_mw: dec!(5),
+        })
+    };
+    MarketData::BookTop {
+        market: MarketId(2),
+        interval: iv,
+        best_bid: level(bid),
+        best_ask: level(ask),
+        at: t(1, 10, 0),
+    }
+}
+
+#[test]
+fn threshold_trades_on_crossings_within_flexibility_and_position_limits() {
+    let mut host = threshold_host();
+    let now = t(1, 10, 0);
+    let iv = DeliveryInterval::starting_at(t(1, 11, 0)).unwrap();
+    // No capacity yet: no flexibility, no order even on a crossing.
+    assert!(host
+        .on_market_data(now, &book(iv, dec!(520), dec!(530)))
+        .unwrap()
+        .is_empty());
+    let cap = CapacityUpdate {
+        aggregation_id: AggregationId(3),
+        capacity: AggregatedCapacity {
+            up_flex_kw: dec!(450),
+            down_flex_kw: dec!(2000),
+            ..AggregatedCapacity::default()
+        },
+        storage: None,
+        at: now,
+    };
+    host.on_capacity(now, &cap).unwrap();
+    assert!(host
+        .on_market_data(now, &book(iv, dec!(400), dec!(410)))
+        .unwrap()
+        .is_empty());
+    let sell = news(
+        host.on_market_data(now, &book(iv, dec!(520), dec!(530)))
+            .unwrap(),
+    );
+    assert_eq!(sell.len(), 1);
+    assert_eq!(
+        (sell[0].side, sell[0].quantity_mw, sell[0].price_cny_per_mwh),
+        (Side::Sell, dec!(0.45), dec!(520))
+    );
+    assert_eq!(sell[0].time_in_force, TimeInForce::Ioc);
+    // Staying above is not a new crossing.
+    assert!(host
+        .on_market_data(now, &book(iv, dec!(540), dec!(550)))
+        .unwrap()
+        .is_empty());
+    // Buy side: crossing below 100, capped by max_order_mw.
+    let buy = news(
+        host.on_market_data(now, &book(iv, dec!(80), dec!(90)))
+            .unwrap(),
+    );
+    assert_eq!((buy[0].side, buy[0].quantity_mw), (Side::Buy, dec!(0.6)));
+    // Re-crossing: the open buy of 0.6 leaves 0.4 under max_position_mw.
+    assert!(host
+        .on_market_data(now, &book(iv, dec!(150), dec!(160)))
+        .unwrap()
+        .is_empty());
+    let again = news(
+        host.on_market_data(now, &book(iv, dec!(60), dec!(70)))
+            .unwrap(),
+    );
+    assert_eq!(again[0].quantity_mw, dec!(0.4));
+    // A started interval is never traded.
+    let past = DeliveryInterval::starting_at(t(1, 9, 45)).unwrap();
+    assert!(host
+        .on_market_data(now, &book(past, dec!(900), dec!(950)))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn rolling_mode_trades_the_next_interval_in_a_real_time_market() {
+    let params = battery_params_json();
+    let s = StrategyRegistry::with_builtins()
+        .create(&init("battery_arbitrage", real_time(), params))
+        .unwrap();
+    let mut host = StrategyHost::new(s, HostConfig::new(StrategyId(7), AggregationId(3))).unwrap();
+    let start = DeliveryInterval::starting_at(t(1, 10, 0)).unwrap();
+    let mut iv = start.next();
+    for i in 0..8 {
+        let p = if i < 4 { dec!(150) } else { dec!(700) };
+        host.on_market_data(t(1, 10, 0), &price(&real_time(), iv, p))
+            .unwrap();
+        iv = iv.next();
+    }
+    let out = news(
+        host.on_timer(t(1, 10, 0), &Timer::IntervalStart { interval: start })
+            .unwrap(),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].side, out[0].interval, out[0].time_in_force),
+        (Side::Buy, start.next(), TimeInForce::Ioc)
+    );
+    // The same interval start again does not trade twice.
+    assert!(host
+        .on_timer(t(1, 10, 0), &Timer::IntervalStart { interval: start })
+        .unwrap()
+        .is_empty());
+    // Gate-closure timers mean nothing to a real-time market.
+    assert!(host.on_timer(t(1, 10, 1), &gate(2)).unwrap().is_empty());
+}
+
+#[test]
+fn timer_schedule_fires_each_timer_once_in_order() {
+    let markets = [day_ahead(), real_time()];
+    let lead = chrono::Duration::minutes(30);
+    let mut out = Vec::new();
+    // Shanghai gate for 2026-03-02 closes 2026-03-01T02:00Z; fires at 01:30Z.
+    let mut at = t(1, 0, 0);
+    while at < t(2, 0, 0) {
+        let until = (at + chrono::Duration::hours(5)).min(t(2, 0, 0));
+        at = timers_due(&markets, lead, at, until, &mut out);
+    }
+    let starts = out
+        .iter()
+        .filter(|x| matches!(x, Timer::IntervalStart { .. }))
+        .count();
+    assert_eq!(starts, 96);
+    let gates: Vec<usize> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| matches!(x, Timer::GateClosureApproaching { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(gates.len(), 1);
+    assert_eq!(out[gates[0]], gate(2));
+    // 00:15, 00:30, ..., 01:30 interval starts come first, then the gate at 01:30.
+    assert_eq!(gates[0], 6);
+    let mut capped = Vec::new();
+    let end = timers_due(&markets, lead, t(1, 0, 0), t(9, 0, 0), &mut capped);
+    assert_eq!(end, t(3, 0, 0));
+    assert!(timers_due(&markets, lead, t(2, 0, 0), t(2, 0, 0), &mut capped) == t(2, 0, 0));
+}
+
+#[test]
+fn market_data_keys_conflate_by_market_interval_and_kind() {
+    let iv = day_intervals(2)[0];
+    let a = price(&day_ahead(), iv, dec!(1));
+    let b = price(&day_ahead(), iv, dec!(2));
+    assert_eq!(a.key(), b.key());
+    assert_ne!(a.key(), book(iv, dec!(1), dec!(2)).key());
+    let json = serde_json::to_string(&a).unwrap();
+    assert_eq!(serde_json::from_str::<MarketData>(&json).unwrap(), a);
+}
