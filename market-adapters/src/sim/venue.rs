@@ -875,7 +875,9 @@ impl Venue {
                 fx,
             );
         }
-        self.publish_book(m, interval, fx);
+        if traded || out.rested || !out.expired.is_empty() {
+            self.publish_book(m, interval, fx);
+        }
         if traded {
             self.publish_prices(m, &[interval], fx);
         }
@@ -1511,11 +1513,25 @@ impl Venue {
             MarketKind::DayAhead => {
                 bids.extend(ms.model.participant_bids(interval, SIM_BID_ID_BASE))
             }
-            MarketKind::Regulation => bids.push(counterpart(
-                Side::Buy,
-                ms.cfg.regulation_requirement_mw,
-                ms.cfg.price_cap_cny_per_mwh,
-            )),
+            MarketKind::Regulation => {
+                // The operator buys its requirement whatever the price; competitors offer
+                // 1.5x the requirement in three tranches priced off the reference price.
+                let requirement = ms.cfg.regulation_requirement_mw;
+                bids.push(counterpart(
+                    Side::Buy,
+                    requirement,
+                    ms.cfg.price_cap_cny_per_mwh,
+                ));
+                let reference = ms.model.reference_price(interval).max(Decimal::ONE);
+                for (i, divisor) in [20, 10, 5].into_iter().enumerate() {
+                    bids.push(AuctionBid {
+                        bid_id: SIM_BID_ID_BASE + 1 + i as u64,
+                        side: Side::Sell,
+                        quantity_mw: requirement / d(2),
+                        price_cny_per_mwh: (reference / d(divisor)).round_dp(2),
+                    });
+                }
+            }
             MarketKind::DemandResponse => {
                 if let Some(e) = ms.dr_events.get(&interval) {
                     bids.push(counterpart(Side::Buy, e.target_mw, e.price_cny_per_mwh));
@@ -1589,4 +1605,272 @@ fn sim_client_id(venue_id: u64) -> ClientOrderId {
 fn unreachable_id() -> ClientOrderId {
     // "sim-" plus at most 20 digits always fits the id rules; this is a safe fallback.
     ClientOrderId::new("sim").unwrap_or_else(|_| unreachable!("\"sim\" is a valid client order id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FillsSinceQuery, WireExecKind};
+    use chrono::TimeZone;
+    use rust_decimal_macros::dec;
+
+    fn t(h: u32, m: u32) -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 3, 1, h, m, 0).unwrap()
+    }
+
+    fn venue(cfg_change: impl FnOnce(&mut VenueConfig)) -> Venue {
+        let mut cfg = VenueConfig {
+            sim_quotes: false,
+            ..VenueConfig::default()
+        };
+        cfg_change(&mut cfg);
+        Venue::new(cfg, t(8, 0)).unwrap()
+    }
+
+    fn order(
+        id: &str,
+        market: &str,
+        product: Product,
+        interval: DeliveryInterval,
+        side: Side,
+        qty: Decimal,
+        price: Decimal,
+    ) -> ClientMsg {
+        ClientMsg::NewOrder(NewOrder {
+            client_order_id: ClientOrderId::new(id).unwrap(),
+            market: market.into(),
+            product,
+            interval,
+            side,
+            quantity_mw: qty,
+            price_cny_per_mwh: price,
+            time_in_force: WireTif::Day,
+            expire_at: None,
+        })
+    }
+
+    fn reports(fx: &[Effect]) -> Vec<WireExecReport> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::ToAccount(_, VenueMsg::ExecReport(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn demand_response_invitation_response_and_award() {
+        let mut v = venue(|_| {});
+        let fx = v.tick(t(8, 0));
+        let events: Vec<DrEvent> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(VenueMsg::Update(MarketData {
+                    data: ChannelData::DrEvents(ev),
+                    ..
+                })) => Some(ev.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(!events.is_empty(), "an invitation within the lead time");
+        let event = events[0].clone();
+        let too_dear = order(
+            "r0",
+            "yn-dr",
+            Product::DemandResponse,
+            event.interval,
+            Side::Sell,
+            dec!(5),
+            event.price_cny_per_mwh + dec!(1),
+        );
+        let rejected = reports(&v.handle(0, too_dear, t(8, 0)));
+        assert!(matches!(
+            rejected[0].kind,
+            WireExecKind::Rejected {
+                code: ErrorCode::PriceOutOfRange,
+                ..
+            }
+        ));
+        let response = order(
+            "r1",
+            "yn-dr",
+            Product::DemandResponse,
+            event.interval,
+            Side::Sell,
+            dec!(5),
+            event.price_cny_per_mwh,
+        );
+        assert!(matches!(
+            reports(&v.handle(0, response, t(8, 0)))[0].kind,
+            WireExecKind::Accepted
+        ));
+        let fx = v.tick(event.respond_by);
+        let fills = reports(&fx);
+        assert!(
+            matches!(
+                fills[0].kind,
+                WireExecKind::Fill { quantity_mw, price_cny_per_mwh, .. } if quantity_mw == dec!(5) && price_cny_per_mwh == event.price_cny_per_mwh
+            ),
+            "{fills:?}"
+        );
+        let late = order(
+            "r2",
+            "yn-dr",
+            Product::DemandResponse,
+            event.interval,
+            Side::Sell,
+            dec!(1),
+            event.price_cny_per_mwh,
+        );
+        assert!(matches!(
+            reports(&v.handle(0, late, event.respond_by))[0].kind,
+            WireExecKind::Rejected {
+                code: ErrorCode::GateClosed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn regulation_offer_is_cleared_at_the_marginal_price_with_mileage() {
+        let mut v = venue(|_| {});
+        let interval = DeliveryInterval::starting_at(t(10, 0)).unwrap();
+        let offer = order(
+            "g1",
+            "yn-reg",
+            Product::RegulationCapacity,
+            interval,
+            Side::Sell,
+            dec!(10),
+            dec!(1),
+        );
+        v.handle(0, offer, t(8, 0));
+        let fx = v.tick(t(9, 0));
+        let fill = reports(&fx)
+            .into_iter()
+            .find(|r| r.is_fill())
+            .expect("awarded");
+        let result = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::Publish(VenueMsg::Update(MarketData {
+                    data: ChannelData::AncillaryResults(r),
+                    ..
+                })) => Some(r[0].clone()),
+                _ => None,
+            })
+            .unwrap();
+        let price = result.capacity_price_cny_per_mw.unwrap();
+        assert!(
+            price > dec!(1) && price < dec!(1500),
+            "marginal competitor price, not the cap: {price}"
+        );
+        assert!(
+            matches!(fill.kind, WireExecKind::Fill { quantity_mw, price_cny_per_mwh, .. } if quantity_mw == dec!(10) && price_cny_per_mwh == price)
+        );
+        assert_eq!(result.mileage_price_cny_per_mw, dec!(12));
+        assert_eq!(result.volume_mw, dec!(50));
+    }
+
+    #[test]
+    fn rate_limit_uses_the_venue_window() {
+        let mut v = venue(|c| {
+            c.rate_limit = RateLimit {
+                max_orders: 2,
+                window_ms: 10_000,
+            }
+        });
+        let interval = DeliveryInterval::starting_at(t(10, 0)).unwrap();
+        let mk = |id: &str| {
+            order(
+                id,
+                "yn-rt",
+                Product::Energy,
+                interval,
+                Side::Sell,
+                dec!(1),
+                dec!(300),
+            )
+        };
+        for (id, at, ok) in [
+            ("a", t(8, 0), true),
+            ("b", t(8, 0), true),
+            ("c", t(8, 0) + chrono::Duration::seconds(9), false),
+            ("d", t(8, 0) + chrono::Duration::seconds(10), true),
+        ] {
+            let r = reports(&v.handle(0, mk(id), at));
+            let accepted = matches!(r[0].kind, WireExecKind::Accepted);
+            assert_eq!(accepted, ok, "{id}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn fills_since_pages_and_refuses_what_it_no_longer_keeps() {
+        let mut v = venue(|c| c.max_reports_retained = 3);
+        let interval = DeliveryInterval::starting_at(t(10, 0)).unwrap();
+        for id in ["a", "b", "c"] {
+            v.handle(
+                0,
+                order(
+                    id,
+                    "yn-rt",
+                    Product::Energy,
+                    interval,
+                    Side::Sell,
+                    dec!(1),
+                    dec!(300),
+                ),
+                t(8, 0),
+            );
+        }
+        assert_eq!(v.account_seq(0), 3);
+        v.handle(
+            0,
+            order(
+                "d",
+                "yn-rt",
+                Product::Energy,
+                interval,
+                Side::Sell,
+                dec!(1),
+                dec!(300),
+            ),
+            t(8, 0),
+        );
+        let mut q = |since| {
+            v.handle(
+                0,
+                ClientMsg::FillsSince(FillsSinceQuery { account_seq: since }),
+                t(8, 0),
+            )
+        };
+        match &q(0)[0] {
+            Effect::Reply(VenueMsg::Error(e)) => assert_eq!(e.code, ErrorCode::SeqTooOld),
+            other => panic!("{other:?}"),
+        }
+        match &q(1)[0] {
+            Effect::Reply(VenueMsg::FillsSince(r)) => {
+                assert_eq!(
+                    r.reports.iter().map(|r| r.account_seq).collect::<Vec<_>>(),
+                    vec![2, 3, 4]
+                );
+                assert!(!r.more);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_round_trips_through_toml_and_validates() {
+        let cfg = VenueConfig::default();
+        let text = toml::to_string(&cfg).unwrap();
+        let back: VenueConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
+        let mut bad = cfg.clone();
+        bad.markets[1].symbol = bad.markets[0].symbol.clone();
+        assert!(
+            matches!(bad.validate(), Err(VenueConfigError::Invalid { field, .. }) if field == "markets[1].symbol")
+        );
+    }
 }
