@@ -668,6 +668,12 @@ fn login_session(
         Ok((account, nth, ok)) => {
             core.stats.logins += 1;
             if let Some(old) = core.sessions.insert(account, s.id) {
+                // Best effort: the old connection may be stalled or already gone.
+                let replaced = VenueMsg::error(
+                    ErrorCode::SessionReplaced,
+                    "a newer login of this account replaced this connection",
+                );
+                core.send(old, &replaced);
                 if let Some(c) = core.conns.get(&old) {
                     c.kill.notify_one();
                 }

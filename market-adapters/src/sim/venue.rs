@@ -1300,6 +1300,24 @@ impl Venue {
             client_order_id: None,
         })?;
         let ms = &self.markets[m];
+        let offered = match channel {
+            Channel::Prices => true,
+            Channel::Book => ms.is_continuous(),
+            Channel::AuctionResults => ms.cfg.kind == MarketKind::DayAhead,
+            Channel::AncillaryResults => ms.cfg.kind == MarketKind::Regulation,
+            Channel::DrEvents => ms.cfg.kind == MarketKind::DemandResponse,
+        };
+        if !offered {
+            return Err(ErrorMsg {
+                code: ErrorCode::UnknownChannel,
+                message: format!(
+                    "channel {channel} is not offered for {} market {market}",
+                    ms.cfg.kind
+                ),
+                request_type: Some("subscribe".into()),
+                client_order_id: None,
+            });
+        }
         let data = match channel {
             Channel::Book => {
                 ChannelData::Book(ms.books.keys().map(|i| self.book_levels(m, *i)).collect())
