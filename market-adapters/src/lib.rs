@@ -9,3 +9,7 @@
 pub mod client;
 pub mod protocol;
 pub mod sim;
+
+pub use client::{AdapterConfig, AdapterEvent, AdapterEvents, VenueAdapter, WsAdapter};
+pub use sim::server::{run_standalone, VenueHandle, VenueServer};
+pub use sim::venue::VenueConfig;

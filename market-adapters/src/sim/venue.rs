@@ -23,7 +23,7 @@ use crate::protocol::{
 use crate::sim::auction::{clear_uniform_price, AuctionBid, BidLimits};
 use crate::sim::book::{BookOrder, OrderBook, SubmitOutcome};
 use crate::sim::faults::FaultRule;
-use crate::sim::price_model::{PriceModel, PriceModelConfig};
+use crate::sim::price_model::{CsvPriceSource, PriceModel, PriceModelConfig};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -113,6 +113,65 @@ pub struct MarketConfig {
     pub dr_target_mw: Decimal,
     #[serde(default)]
     pub price_shape: PriceShape,
+    /// Historical reference prices; intervals it does not cover use `price_shape`.
+    #[serde(default)]
+    pub price_csv: Option<PriceCsv>,
+}
+
+/// A CSV of prices (format: see `price_model`), read at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceCsv {
+    pub path: std::path::PathBuf,
+    /// Multiplies every CSV price into CNY/MWh (e.g. an EUR to CNY rate).
+    #[serde(default = "default_currency_factor")]
+    pub currency_factor: Decimal,
+    /// Minutes one row covers: 60 for hourly files, 15 for quarter-hourly.
+    #[serde(default = "default_row_minutes")]
+    pub row_minutes: u32,
+}
+
+fn default_currency_factor() -> Decimal {
+    Decimal::ONE
+}
+fn default_row_minutes() -> u32 {
+    60
+}
+
+fn price_model(seed: u64, index: usize, m: &MarketConfig) -> PriceModel {
+    PriceModel::new(model_config(seed, index, m)).with_timezone(m.timezone)
+}
+
+fn model_config(seed: u64, index: usize, m: &MarketConfig) -> PriceModelConfig {
+    PriceModelConfig {
+        seed: seed.wrapping_add(index as u64),
+        base_cny_per_mwh: m.price_shape.base_cny_per_mwh,
+        daily_amplitude_cny_per_mwh: m.price_shape.daily_amplitude_cny_per_mwh,
+        seasonal_amplitude_cny_per_mwh: m.price_shape.seasonal_amplitude_cny_per_mwh,
+        noise_cny_per_mwh: m.price_shape.noise_cny_per_mwh,
+        negative_prices_allowed: m.negative_prices_allowed,
+        floor_cny_per_mwh: m.price_floor_cny_per_mwh,
+        cap_cny_per_mwh: m.price_cap_cny_per_mwh,
+    }
+}
+
+fn load_model(seed: u64, index: usize, m: &MarketConfig) -> Result<PriceModel, VenueConfigError> {
+    let Some(csv) = &m.price_csv else {
+        return Ok(price_model(seed, index, m));
+    };
+    let source = CsvPriceSource {
+        timezone: m.timezone,
+        currency_factor: csv.currency_factor,
+        row_minutes: csv.row_minutes,
+        max_rows: 2_000_000,
+        max_line_bytes: 4_096,
+    };
+    PriceModel::from_csv_path(&csv.path, &source, model_config(seed, index, m)).map_err(|e| {
+        invalid(
+            format!("markets[{index}].price_csv"),
+            format!("{}: {e}", csv.path.display()),
+        )
+    })
 }
 
 fn default_tz() -> chrono_tz::Tz {
@@ -162,6 +221,7 @@ impl MarketConfig {
             dr_lead_minutes: default_dr_lead(),
             dr_target_mw: default_dr_target(),
             price_shape: PriceShape::default(),
+            price_csv: None,
         }
     }
 }
@@ -424,23 +484,18 @@ type Reject = (ErrorCode, String);
 impl Venue {
     pub fn new(cfg: VenueConfig, now: Timestamp) -> Result<Self, VenueConfigError> {
         cfg.validate()?;
+        let mut loaded = Vec::with_capacity(cfg.markets.len());
+        for (i, m) in cfg.markets.iter().enumerate() {
+            loaded.push(load_model(cfg.seed, i, m)?);
+        }
+        let mut models = loaded.into_iter();
         let markets: Vec<MarketState> = cfg
             .markets
             .iter()
             .enumerate()
             .map(|(i, m)| MarketState {
                 market: engine_market(i, m),
-                model: PriceModel::new(PriceModelConfig {
-                    seed: cfg.seed.wrapping_add(i as u64),
-                    base_cny_per_mwh: m.price_shape.base_cny_per_mwh,
-                    daily_amplitude_cny_per_mwh: m.price_shape.daily_amplitude_cny_per_mwh,
-                    seasonal_amplitude_cny_per_mwh: m.price_shape.seasonal_amplitude_cny_per_mwh,
-                    noise_cny_per_mwh: m.price_shape.noise_cny_per_mwh,
-                    negative_prices_allowed: m.negative_prices_allowed,
-                    floor_cny_per_mwh: m.price_floor_cny_per_mwh,
-                    cap_cny_per_mwh: m.price_cap_cny_per_mwh,
-                })
-                .with_timezone(m.timezone),
+                model: models.next().unwrap_or_else(|| price_model(cfg.seed, i, m)),
                 cfg: m.clone(),
                 books: BTreeMap::new(),
                 pending_bids: BTreeMap::new(),
@@ -1877,6 +1932,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_missing_price_csv_is_a_config_error_naming_the_market() {
+        let mut cfg = VenueConfig::default();
+        cfg.markets[1].price_csv = Some(PriceCsv {
+            path: "/nonexistent/prices.csv".into(),
+            currency_factor: Decimal::ONE,
+            row_minutes: 60,
+        });
+        let err = Venue::new(cfg, t(8, 0)).err().expect("refused");
+        assert!(
+            matches!(&err, VenueConfigError::Invalid { field, .. } if field == "markets[1].price_csv"),
+            "{err}"
+        );
     }
 
     #[test]
