@@ -27,14 +27,21 @@
 //! observed energy, or `initial_soc_pct`). In any other market the plan rolls: on every
 //! `IntervalStart` it re-plans the next 96 intervals from the observed energy and trades only
 //! the next interval (immediate-or-cancel).
+//!
+//! A day-ahead plan is withdrawn whole (its other open orders cancelled) when risk or the venue
+//! refuses one of its orders: its sells rely on its buys. An auction that clears only part of a
+//! plan is market risk the strategy cannot see before clearing; the risk crate's storage
+//! schedule is the backstop.
 
 use super::params::check_range;
+use super::RiskRejection;
 use super::{
     MarketData, NewOrder, Strategy, StrategyContext, StrategyError, StrategyInit, StrategyParams,
     StrategySnapshot, Timer,
 };
+use crate::ids::ClientOrderId;
 use crate::market::{DeliveryInterval, Market, MarketKind};
-use crate::order::{Side, TimeInForce};
+use crate::order::{ExecKind, ExecReport, OrderStatus, Side, TimeInForce};
 use chrono::{NaiveDate, TimeZone, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use rust_decimal_macros::dec;
@@ -57,6 +64,8 @@ const MAX_FORECASTS: usize = 400;
 /// Most planned days / traded intervals remembered.
 const MAX_REMEMBERED_DAYS: usize = 8;
 const MAX_REMEMBERED_INTERVALS: usize = 200;
+/// Most day-ahead plan orders remembered (remembered days × slots).
+const MAX_PLAN_ORDERS: usize = MAX_REMEMBERED_DAYS * MAX_PLAN_SLOTS;
 
 /// Parameters of [`BatteryArbitrage`]; every one has a documented default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +426,8 @@ struct BatteryState {
     last_plan_end: Option<(NaiveDate, Decimal)>,
     /// Intervals the rolling mode already traded.
     rolled: BTreeSet<DeliveryInterval>,
+    /// Orders of day-ahead plans, by trading day, so a refused one withdraws its whole day.
+    plan_orders: BTreeMap<ClientOrderId, NaiveDate>,
 }
 
 /// Serialised form: maps as lists so any JSON store takes them.
@@ -427,6 +438,8 @@ struct BatteryStateV1 {
     planned_days: Vec<NaiveDate>,
     last_plan_end: Option<(NaiveDate, Decimal)>,
     rolled: Vec<DeliveryInterval>,
+    #[serde(default)]
+    plan_orders: Vec<(ClientOrderId, NaiveDate)>,
 }
 
 /// Day-ahead and rolling battery arbitrage; see the module docs.
@@ -546,16 +559,24 @@ impl BatteryArbitrage {
         }
         let prices = self.day_prices(day);
         let plan = plan_arbitrage(&self.params, self.start_energy(Some(day)), &prices);
+        let mut ids = Vec::with_capacity(plan.slots.len());
         for slot in &plan.slots {
             if Self::engaged(ctx, &self.market, slot.interval) {
                 continue;
             }
             if let Some(order) = self.order_for(slot, TimeInForce::Day) {
-                ctx.submit(order)?;
+                ids.push(ctx.submit(order)?);
             }
         }
         self.state.planned_days.insert(day);
         bound_set(&mut self.state.planned_days, MAX_REMEMBERED_DAYS);
+        // Forget the orders of days no longer remembered, keeping the map bounded.
+        if let Some(oldest) = self.state.planned_days.first().copied() {
+            self.state.plan_orders.retain(|_, d| *d >= oldest);
+        }
+        self.state
+            .plan_orders
+            .extend(ids.into_iter().map(|id| (id, day)));
         self.state.last_plan_end = Some((day, plan.end_energy_mwh));
         Ok(())
     }
@@ -582,6 +603,35 @@ impl BatteryArbitrage {
             ctx.submit(order)?;
             self.state.rolled.insert(next);
             bound_set(&mut self.state.rolled, MAX_REMEMBERED_INTERVALS);
+        }
+        Ok(())
+    }
+
+    /// A day-ahead plan is only SoC-safe whole (its sells rely on its buys and the other way
+    /// round): when one of its orders is refused, cancel the rest of that day's plan.
+    fn withdraw_day_of(
+        &mut self,
+        ctx: &mut StrategyContext<'_>,
+        refused: &ClientOrderId,
+    ) -> Result<(), StrategyError> {
+        let Some(day) = self.state.plan_orders.remove(refused) else {
+            return Ok(());
+        };
+        let siblings: Vec<ClientOrderId> = self
+            .state
+            .plan_orders
+            .iter()
+            .filter(|(id, d)| **d == day && ctx.open_order(id).is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in siblings {
+            let pending = ctx
+                .open_order(&id)
+                .is_some_and(|o| o.status == OrderStatus::PendingCancel);
+            if !pending {
+                ctx.cancel(&id)?;
+            }
+            self.state.plan_orders.remove(&id);
         }
         Ok(())
     }
@@ -663,6 +713,26 @@ impl Strategy for BatteryArbitrage {
         }
     }
 
+    fn on_risk_reject(
+        &mut self,
+        ctx: &mut StrategyContext<'_>,
+        reject: &RiskRejection,
+    ) -> Result<(), StrategyError> {
+        self.withdraw_day_of(ctx, &reject.client_order_id)
+    }
+
+    fn on_exec_report(
+        &mut self,
+        ctx: &mut StrategyContext<'_>,
+        report: &ExecReport,
+        _status: OrderStatus,
+    ) -> Result<(), StrategyError> {
+        if matches!(report.kind, ExecKind::Rejected { .. }) {
+            self.withdraw_day_of(ctx, &report.client_order_id)?;
+        }
+        Ok(())
+    }
+
     fn snapshot(&self) -> Result<StrategySnapshot, StrategyError> {
         let s = &self.state;
         let v1 = BatteryStateV1 {
@@ -671,6 +741,7 @@ impl Strategy for BatteryArbitrage {
             planned_days: s.planned_days.iter().copied().collect(),
             last_plan_end: s.last_plan_end,
             rolled: s.rolled.iter().copied().collect(),
+            plan_orders: s.plan_orders.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         };
         StrategySnapshot::encode(Self::KIND, Self::SNAPSHOT_VERSION, &v1)
     }
@@ -680,6 +751,7 @@ impl Strategy for BatteryArbitrage {
         if v1.forecasts.len() > MAX_FORECASTS
             || v1.planned_days.len() > MAX_REMEMBERED_DAYS
             || v1.rolled.len() > MAX_REMEMBERED_INTERVALS
+            || v1.plan_orders.len() > MAX_PLAN_ORDERS
         {
             return Err(StrategyError::Snapshot(format!(
                 "{}: snapshot exceeds its bounds ({MAX_FORECASTS} forecasts, {MAX_REMEMBERED_DAYS} days, {MAX_REMEMBERED_INTERVALS} intervals)",
@@ -692,6 +764,7 @@ impl Strategy for BatteryArbitrage {
             planned_days: v1.planned_days.into_iter().collect(),
             last_plan_end: v1.last_plan_end,
             rolled: v1.rolled.into_iter().collect(),
+            plan_orders: v1.plan_orders.into_iter().collect(),
         };
         Ok(())
     }

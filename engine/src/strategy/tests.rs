@@ -409,9 +409,28 @@ fn reports_and_rejections_keep_the_mirror_right() {
         code: "max_order_size".into(),
         message: "too big".into(),
     };
-    host.on_risk_reject(t(1, 2, 0), &reject).unwrap();
+    let withdrawn = host.on_risk_reject(t(1, 2, 0), &reject).unwrap().to_vec();
     assert!(host.book().open_order(&b.client_order_id).is_none());
     assert_eq!(host.book().open_orders().count(), 14);
+    // The plan is only SoC-safe whole: the rest of the day's open orders are cancelled.
+    assert_eq!(withdrawn.len(), 14);
+    assert!(withdrawn
+        .iter()
+        .all(|i| matches!(i, OrderIntent::Cancel { .. })));
+    assert!(host
+        .book()
+        .open_orders()
+        .all(|o| o.status == OrderStatus::PendingCancel));
+    // A venue reject of an order already withdrawn asks for nothing more.
+    let late = report(
+        3,
+        &orders[2].client_order_id,
+        ExecKind::Rejected { reason: "x".into() },
+    );
+    assert!(host
+        .on_exec_report(t(1, 2, 1), &late, OrderStatus::Rejected)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
