@@ -9,6 +9,8 @@
 //! - [`catch_crash`]: runs a closure, turning a panic or a [`LogicFault`] into a
 //!   [`CrashCause`] carrying the panic message. For hand-written actors (e.g. a connector
 //!   doing I/O) that want the same guarantees.
+//! - [`Supervision`]: the bookkeeping (intensity, metrics, health, logging, escalation once per
+//!   halt) without an actor, for those hand-written actors.
 //! - [`SupervisedActor<L>`]: a generic actix actor hosting a [`SupervisedLogic`] (the pure state
 //!   and decisions of a strategy, risk monitor, OMS, ...). It handles every message `M` for which
 //!   the logic implements [`Handles<M>`] and the message is [`Refusable`].
@@ -393,6 +395,143 @@ pub struct GetStatus;
 #[rtype(result = "RunState")]
 pub struct Resume;
 
+/// Supervision bookkeeping without an actor: intensity tracking, restart/escalation metrics,
+/// health reports, logging, and the once-per-halt escalation. [`SupervisedActor`] is built on
+/// it; a hand-written actor (e.g. a connector owning a socket) uses it with [`catch_crash`]:
+/// on a crash call [`Supervision::on_crash`] and, for `Restart`, rebuild after the backoff and
+/// call [`Supervision::on_rebuilt`]; for `Escalate` stop processing (the escalation already
+/// fired).
+pub struct Supervision {
+    name: ActorName,
+    policy: RestartPolicy,
+    tracker: RestartTracker,
+    state: RunState,
+    last_cause: Option<CrashCause>,
+    clock: Arc<dyn Clock>,
+    health: HealthRegistry,
+    on_escalation: EscalationHandler,
+    restarts: Counter,
+    escalations: Counter,
+    halted: Gauge,
+}
+
+impl Supervision {
+    /// Registers the actor's metrics and reports it `Healthy`.
+    pub fn new(spec: &SupervisorSpec, rt: &Runtime) -> Result<Self, PolicyError> {
+        let tracker = RestartTracker::new(spec.policy)?;
+        let actor = [("actor", spec.name.as_str())];
+        let m = &rt.metrics;
+        rt.health.report(spec.name.as_str(), Health::Healthy);
+        Ok(Self {
+            name: spec.name.clone(),
+            policy: spec.policy,
+            tracker,
+            state: RunState::Running,
+            last_cause: None,
+            clock: Arc::clone(&rt.clock),
+            health: rt.health.clone(),
+            on_escalation: Arc::clone(&spec.on_escalation),
+            restarts: m.counter(names::RESTARTS_TOTAL, &actor),
+            escalations: m.counter(names::ESCALATIONS_TOTAL, &actor),
+            halted: m.gauge(names::ACTOR_HALTED, &actor),
+        })
+    }
+
+    pub fn name(&self) -> &ActorName {
+        &self.name
+    }
+
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    pub fn status(&self) -> SupervisorStatus {
+        SupervisorStatus {
+            actor: self.name.clone(),
+            state: self.state.clone(),
+            restarts_total: self.tracker.total_restarts(),
+            last_cause: self.last_cause.clone(),
+        }
+    }
+
+    /// Records a crash and decides. `Restart`: counted, logged, health `Degraded`.
+    /// `Escalate`: state `Halted`, health `Halted`, gauge set, escalation handler called once.
+    /// A crash while already halted changes nothing and escalates nothing again.
+    pub fn on_crash(&mut self, cause: &CrashCause) -> Decision {
+        if let RunState::Halted(_) = self.state {
+            return Decision::Escalate {
+                restarts_in_window: self.tracker.restarts_in_window(self.clock.monotonic_ns()),
+            };
+        }
+        self.last_cause = Some(cause.clone());
+        let actor = &self.name;
+        let decision = self.tracker.on_failure(self.clock.monotonic_ns());
+        match decision {
+            Decision::Restart { attempt, backoff } => {
+                self.restarts.inc();
+                tracing::warn!(%actor, %cause, attempt, backoff_ms = backoff.as_millis() as u64,
+                    "actor crashed; restarting from its last snapshot after backoff");
+                self.state = RunState::Restarting;
+                self.health.report(
+                    actor.as_str(),
+                    Health::Degraded(format!("restarting after {cause}")),
+                );
+            }
+            Decision::Escalate { restarts_in_window } => {
+                self.halt(cause.clone(), restarts_in_window);
+            }
+        }
+        decision
+    }
+
+    /// The state was rebuilt: back to `Running` and `Healthy`.
+    pub fn on_rebuilt(&mut self) {
+        self.state = RunState::Running;
+        self.health.report(self.name.as_str(), Health::Healthy);
+        tracing::info!(actor = %self.name, "actor rebuilt from its last snapshot");
+    }
+
+    /// Operator resume of a halted actor: forgets the restart window. Returns false (and does
+    /// nothing) unless halted. The caller then rebuilds and calls [`Self::on_rebuilt`].
+    pub fn resume(&mut self) -> bool {
+        if !matches!(self.state, RunState::Halted(_)) {
+            return false;
+        }
+        tracing::warn!(actor = %self.name, "operator resumed a halted actor");
+        self.tracker.reset();
+        self.halted.set(0);
+        self.state = RunState::Restarting;
+        true
+    }
+
+    fn halt(&mut self, cause: CrashCause, restarts_in_window: u32) {
+        let actor = self.name.clone();
+        tracing::error!(%actor, %cause, restarts_in_window,
+            within_ms = self.policy.within.as_millis() as u64,
+            "actor exceeded its restart limit; halted and escalated");
+        self.state = RunState::Halted(cause.clone());
+        self.escalations.inc();
+        self.halted.set(1);
+        self.health
+            .report(actor.as_str(), Health::Halted(cause.to_string()));
+        let escalation = Escalation {
+            actor,
+            cause,
+            restarts_in_window,
+            within: self.policy.within,
+            at: self.clock.now(),
+        };
+        // The handler is caller code: a panic in it must not take the arbiter down.
+        let handler = Arc::clone(&self.on_escalation);
+        if let Err(cause) = catch_crash(|| {
+            handler(&escalation);
+            Ok(())
+        }) {
+            tracing::error!(actor = %escalation.actor, %cause, "escalation handler panicked");
+        }
+    }
+}
+
 /// A generic actor hosting a [`SupervisedLogic`]; see the module docs for its guarantees.
 pub struct SupervisedActor<L: SupervisedLogic> {
     spec: SupervisorSpec,
@@ -400,14 +539,9 @@ pub struct SupervisedActor<L: SupervisedLogic> {
     logic: Option<L>,
     snapshot: L::Snapshot,
     rebuild: Rebuild<L>,
-    tracker: RestartTracker,
-    state: RunState,
+    supervision: Supervision,
     handled_since_snapshot: u32,
-    last_cause: Option<CrashCause>,
-    restarts: Counter,
-    escalations: Counter,
     refused_halted: Counter,
-    halted: Gauge,
 }
 
 impl<L: SupervisedLogic> SupervisedActor<L> {
@@ -419,29 +553,18 @@ impl<L: SupervisedLogic> SupervisedActor<L> {
         initial: L,
         rebuild: impl FnMut(&L::Snapshot) -> Result<L, LogicFault> + Send + 'static,
     ) -> Result<Self, PolicyError> {
-        let tracker = RestartTracker::new(spec.policy)?;
-        let actor = [("actor", spec.name.as_str())];
-        let m = &rt.metrics;
-        let restarts = m.counter(names::RESTARTS_TOTAL, &actor);
-        let escalations = m.counter(names::ESCALATIONS_TOTAL, &actor);
-        let halted = m.gauge(names::ACTOR_HALTED, &actor);
-        let refused_halted = m.counter(
+        let supervision = Supervision::new(&spec, &rt)?;
+        let refused_halted = rt.metrics.counter(
             names::REFUSALS_TOTAL,
             &[("actor", spec.name.as_str()), ("reason", "halted")],
         );
-        rt.health.report(spec.name.as_str(), Health::Healthy);
         Ok(Self {
             snapshot: initial.snapshot(),
             logic: Some(initial),
             rebuild: Box::new(rebuild),
-            tracker,
-            state: RunState::Running,
+            supervision,
             handled_since_snapshot: 0,
-            last_cause: None,
-            restarts,
-            escalations,
             refused_halted,
-            halted,
             spec,
             rt,
         })
@@ -513,18 +636,10 @@ impl<L: SupervisedLogic> SupervisedActor<L> {
             let _ = catch_unwind(AssertUnwindSafe(move || drop(suspect)));
         }
         self.handled_since_snapshot = 0;
-        self.last_cause = Some(cause.clone());
         let actor = self.spec.name.clone();
-        match self.tracker.on_failure(self.rt.clock.monotonic_ns()) {
-            Decision::Restart { attempt, backoff } => {
-                self.restarts.inc();
-                tracing::warn!(%actor, %cause, attempt, backoff_ms = backoff.as_millis() as u64,
-                    "actor crashed; restarting from its last snapshot after backoff");
-                self.state = RunState::Restarting;
-                self.rt.health.report(
-                    actor.as_str(),
-                    Health::Degraded(format!("restarting after {cause}")),
-                );
+        let cause_text: Arc<str> = Arc::from(cause.to_string());
+        match self.supervision.on_crash(&cause) {
+            Decision::Restart { backoff, .. } => {
                 // `wait` stops the mailbox until the backoff ends: messages stay queued.
                 ctx.wait(
                     actix::clock::sleep(backoff)
@@ -533,16 +648,13 @@ impl<L: SupervisedLogic> SupervisedActor<L> {
                 );
                 Refused::Crashed {
                     actor,
-                    cause: Arc::from(cause.to_string()),
+                    cause: cause_text,
                 }
             }
-            Decision::Escalate { restarts_in_window } => {
-                self.halt(cause.clone(), restarts_in_window);
-                Refused::Halted {
-                    actor,
-                    cause: Arc::from(cause.to_string()),
-                }
-            }
+            Decision::Escalate { .. } => Refused::Halted {
+                actor,
+                cause: cause_text,
+            },
         }
     }
 
@@ -552,11 +664,7 @@ impl<L: SupervisedLogic> SupervisedActor<L> {
         match catch_crash(|| rebuild(snapshot)) {
             Ok(logic) => {
                 self.logic = Some(logic);
-                self.state = RunState::Running;
-                self.rt
-                    .health
-                    .report(self.spec.name.as_str(), Health::Healthy);
-                tracing::info!(actor = %self.spec.name, "actor rebuilt from its last snapshot");
+                self.supervision.on_rebuilt();
             }
             Err(cause) => {
                 tracing::error!(actor = %self.spec.name, %cause, "rebuilding the actor failed");
@@ -565,37 +673,9 @@ impl<L: SupervisedLogic> SupervisedActor<L> {
         }
     }
 
-    fn halt(&mut self, cause: CrashCause, restarts_in_window: u32) {
-        let actor = self.spec.name.clone();
-        tracing::error!(%actor, %cause, restarts_in_window,
-            within_ms = self.spec.policy.within.as_millis() as u64,
-            "actor exceeded its restart limit; halted and escalated");
-        self.state = RunState::Halted(cause.clone());
-        self.escalations.inc();
-        self.halted.set(1);
-        self.rt
-            .health
-            .report(actor.as_str(), Health::Halted(cause.to_string()));
-        let escalation = Escalation {
-            actor,
-            cause,
-            restarts_in_window,
-            within: self.spec.policy.within,
-            at: self.rt.clock.now(),
-        };
-        // The handler is caller code: a panic in it must not take the arbiter down.
-        let handler = Arc::clone(&self.spec.on_escalation);
-        if let Err(cause) = catch_crash(|| {
-            handler(&escalation);
-            Ok(())
-        }) {
-            tracing::error!(actor = %escalation.actor, %cause, "escalation handler panicked");
-        }
-    }
-
     fn refuse<M: Refusable>(&mut self, msg: M) -> Refused {
         let actor = self.spec.name.clone();
-        let reason = match &self.state {
+        let reason = match self.supervision.state() {
             RunState::Halted(cause) => {
                 self.refused_halted.inc();
                 Refused::Halted {
@@ -645,12 +725,7 @@ impl<L: SupervisedLogic> Handler<GetStatus> for SupervisedActor<L> {
     type Result = MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(SupervisorStatus {
-            actor: self.spec.name.clone(),
-            state: self.state.clone(),
-            restarts_total: self.tracker.total_restarts(),
-            last_cause: self.last_cause.clone(),
-        })
+        MessageResult(self.supervision.status())
     }
 }
 
@@ -658,14 +733,10 @@ impl<L: SupervisedLogic> Handler<Resume> for SupervisedActor<L> {
     type Result = MessageResult<Resume>;
 
     fn handle(&mut self, _: Resume, ctx: &mut Context<Self>) -> Self::Result {
-        if matches!(self.state, RunState::Halted(_)) {
-            tracing::warn!(actor = %self.spec.name, "operator resumed a halted actor");
-            self.tracker.reset();
-            self.halted.set(0);
-            self.state = RunState::Restarting;
+        if self.supervision.resume() {
             self.rebuild_now(ctx);
         }
-        MessageResult(self.state.clone())
+        MessageResult(self.supervision.state().clone())
     }
 }
 
@@ -819,6 +890,64 @@ mod tests {
             p.validate(),
             Err(PolicyError::BackoffInverted { .. })
         ));
+    }
+
+    #[test]
+    fn supervision_escalates_once_and_tracks_health_for_hand_written_actors() {
+        use chrono::TimeZone;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let start = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let clock = vpp_engine::clock::ManualClock::new(start);
+        let rt = Runtime::new(Arc::new(clock.clone()));
+        let fired = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&fired);
+        let spec = SupervisorSpec::new("connector/sim")
+            .policy(policy(2, 1_000))
+            .on_escalation(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        let mut sup = Supervision::new(&spec, &rt).expect("valid");
+        let cause = CrashCause::Fault(Arc::from("socket state corrupt"));
+
+        assert!(matches!(
+            sup.on_crash(&cause),
+            Decision::Restart { attempt: 1, .. }
+        ));
+        assert!(matches!(
+            rt.health.get("connector/sim"),
+            Some(Health::Degraded(_))
+        ));
+        sup.on_rebuilt();
+        assert_eq!(rt.health.get("connector/sim"), Some(Health::Healthy));
+        // Past the window the first restart no longer counts.
+        clock.advance(chrono::Duration::seconds(2));
+        assert!(matches!(
+            sup.on_crash(&cause),
+            Decision::Restart { attempt: 1, .. }
+        ));
+        assert!(matches!(
+            sup.on_crash(&cause),
+            Decision::Restart { attempt: 2, .. }
+        ));
+        assert!(matches!(sup.on_crash(&cause), Decision::Escalate { .. }));
+        assert!(matches!(sup.on_crash(&cause), Decision::Escalate { .. }));
+        assert_eq!(
+            fired.load(Ordering::SeqCst),
+            1,
+            "escalation fires once per halt"
+        );
+        assert!(matches!(sup.state(), RunState::Halted(_)));
+        assert_eq!(sup.status().restarts_total, 3);
+
+        assert!(sup.resume());
+        assert!(!sup.resume(), "only a halted actor resumes");
+        sup.on_rebuilt();
+        assert_eq!(sup.state(), &RunState::Running);
+        let snap = rt.metrics.snapshot();
+        let label = [("actor", "connector/sim")];
+        assert_eq!(snap.counter(names::RESTARTS_TOTAL, &label), Some(3));
+        assert_eq!(snap.counter(names::ESCALATIONS_TOTAL, &label), Some(1));
+        assert_eq!(snap.gauge(names::ACTOR_HALTED, &label), Some(0));
     }
 
     #[test]
