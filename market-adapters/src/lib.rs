@@ -7,6 +7,7 @@
 //! - [`client`]: the [`client::VenueAdapter`] trait and its WebSocket implementation.
 
 pub mod client;
+mod fast;
 pub mod protocol;
 pub mod sim;
 

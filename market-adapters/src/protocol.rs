@@ -314,17 +314,26 @@ pub type Level = (Decimal, Decimal);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookLevels {
+    #[serde(deserialize_with = "crate::fast::interval")]
     pub interval: DeliveryInterval,
     /// Best first. An update replaces the whole (top-of-book) ladder of its interval.
+    #[serde(deserialize_with = "crate::fast::levels")]
     pub bids: Vec<Level>,
+    #[serde(deserialize_with = "crate::fast::levels")]
     pub asks: Vec<Level>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PricePoint {
+    #[serde(deserialize_with = "crate::fast::interval")]
     pub interval: DeliveryInterval,
+    #[serde(deserialize_with = "crate::fast::decimal")]
     pub reference_price_cny_per_mwh: Decimal,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::fast::opt_decimal"
+    )]
     pub last_trade_price_cny_per_mwh: Option<Decimal>,
 }
 

@@ -164,7 +164,8 @@ pub enum AdapterError {
 /// What happened to an order handed to the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendOutcome {
-    /// Written to the venue connection.
+    /// Going out on the live connection now (after any earlier held request, and within the
+    /// rate window).
     Sent,
     /// Held until the venue is live and reconciled (or the rate window frees up).
     Held,
@@ -321,8 +322,9 @@ impl WsAdapter {
         (adapter, AdapterEvents { rx: ev_rx, md })
     }
 
-    /// Seeds the adapter with orders and the last report sequence from the journal, before the
-    /// first reconciliation, so a restarted daemon neither resends nor forgets them.
+    /// Seeds the adapter with orders and the last report sequence from the journal, so a
+    /// restarted daemon neither resends nor forgets them. Call it right after `connect`; it
+    /// takes effect at the next reconciliation (the first one, when called before it).
     pub async fn restore(
         &self,
         orders: Vec<Order>,
