@@ -264,6 +264,25 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn chunked_stream_cuts_writes_into_pieces() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(1024);
+        let settings = Arc::new(SplitSettings::default());
+        settings.set(&FaultSpec {
+            split_frames_bytes: Some(3),
+            split_pause_us: 10,
+            ..FaultSpec::default()
+        });
+        let mut stream = ChunkedStream::new(near, settings);
+        let n = stream.write(b"0123456789").await.unwrap();
+        assert_eq!(n, 3, "one piece per write call");
+        stream.write_all(b"3456789").await.unwrap();
+        let mut got = vec![0u8; 10];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"0123456789");
+    }
+
     #[test]
     fn drop_and_stall_after_n_frames() {
         let mut st = FaultState::new(FaultSpec {
