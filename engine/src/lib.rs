@@ -10,6 +10,7 @@
 //! - Every illegal state change is an error value, never a silent no-op and never a panic.
 
 pub mod aggregation;
+pub mod backtest;
 pub mod clock;
 pub mod dispatch;
 pub mod error;

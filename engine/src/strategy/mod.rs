@@ -20,6 +20,7 @@ mod battery;
 mod host;
 mod params;
 mod registry;
+pub mod rules;
 mod threshold;
 mod timers;
 
@@ -27,6 +28,7 @@ pub use battery::{plan_arbitrage, ArbitragePlan, BatteryArbitrage, BatteryParams
 pub use host::{ClientIdAllocator, HostConfig, HostSnapshot, StrategyHost};
 pub use params::{ParamValue, StrategyParams, MAX_PARAMS};
 pub use registry::{StrategyConstructor, StrategyInit, StrategyRegistry};
+pub use rules::RuleStrategy;
 pub use threshold::{RealTimeThreshold, ThresholdParams};
 pub use timers::timers_due;
 

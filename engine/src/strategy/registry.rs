@@ -1,7 +1,9 @@
 //! [`StrategyRegistry`]: strategy kinds by name, so config can instantiate a Rust strategy by
 //! its kind with parameters. Kinds are registered once; a duplicate is refused.
 
-use super::{BatteryArbitrage, RealTimeThreshold, Strategy, StrategyError, StrategyParams};
+use super::{
+    BatteryArbitrage, RealTimeThreshold, RuleStrategy, Strategy, StrategyError, StrategyParams,
+};
 use crate::ids::{AggregationId, StrategyId};
 use crate::market::Market;
 use std::collections::BTreeMap;
@@ -36,7 +38,7 @@ impl StrategyRegistry {
         Self::default()
     }
 
-    /// A registry holding the built-in kinds: `battery_arbitrage`, `real_time_threshold`.
+    /// A registry holding the built-in kinds: `battery_arbitrage`, `real_time_threshold`, `rules`.
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
         r.kinds.insert(
@@ -47,6 +49,8 @@ impl StrategyRegistry {
             RealTimeThreshold::KIND.to_owned(),
             RealTimeThreshold::construct,
         );
+        r.kinds
+            .insert(RuleStrategy::KIND.to_owned(), RuleStrategy::construct);
         r
     }
 
