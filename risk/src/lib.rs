@@ -14,6 +14,7 @@ pub mod checks;
 pub mod deviation;
 pub mod engine;
 pub mod event;
+pub mod gate;
 pub mod hash;
 pub mod kill;
 pub mod limits;
