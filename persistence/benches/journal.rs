@@ -247,7 +247,13 @@ fn main() {
         .measurement_time(Duration::from_secs(10))
         .configure_from_args();
 
-    let dir = tempfile::tempdir().expect("temp dir");
+    // VPP_BENCH_DIR puts the SQLite file elsewhere (e.g. /dev/shm to see the CPU cost alone,
+    // without fsync; that figure is not durable and is labelled so).
+    let dir = match std::env::var_os("VPP_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let sqlite = rt.block_on(async {
         let store = Store::open(&url).await.expect("open sqlite");

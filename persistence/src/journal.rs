@@ -61,7 +61,7 @@ impl Default for JournalConfig {
     fn default() -> Self {
         Self {
             capacity: 65_536,
-            max_batch: 4_096,
+            max_batch: 16_384,
             commit_retries: 3,
             on_commit: None,
         }
