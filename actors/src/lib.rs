@@ -24,6 +24,7 @@ pub mod health;
 pub mod mailbox;
 pub mod metrics;
 pub mod supervisor;
+pub mod telemetry;
 
 pub use bus::{ConflatedTopic, Subscribe, SubscriptionId, Topic, TopicFull};
 pub use conflate::{ConflatedSender, Conflator, ConflatorStats, Wake};

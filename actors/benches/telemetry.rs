@@ -1,0 +1,2 @@
+//! Telemetry ingest bench (placeholder while it is written).
+fn main() {}

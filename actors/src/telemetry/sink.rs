@@ -1,0 +1,196 @@
+//! Where accepted samples go: [`TelemetrySink`], a non-blocking hand-over of one batch.
+//!
+//! Implementations here: a bounded tokio channel, a bounded std channel (bench threads), and
+//! [`ActorFanOut`], which turns each batch into an actor message (e.g. the daemon's
+//! `TelemetryBatch`) and `try_send`s it to every target through [`BoundedSender`].
+//!
+//! Invariants: `deliver` never blocks and never waits on the receiver; a refusal comes back
+//! as [`SinkRefused`] (the ingest counts it as `sink_full`); telemetry is state, so a refused
+//! batch is not retried: the next sample of each resource supersedes it.
+
+use super::TelemetrySample;
+use crate::mailbox::BoundedSender;
+use actix::Message;
+use std::sync::mpsc as std_mpsc;
+use thiserror::Error;
+use tokio::sync::mpsc as tokio_mpsc;
+
+/// A batch (or part of it, for a fan-out) was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("telemetry sink {sink} refused {samples} samples: {reason}")]
+pub struct SinkRefused {
+    pub sink: String,
+    pub samples: usize,
+    pub reason: String,
+}
+
+/// A bounded, non-blocking consumer of sample batches.
+pub trait TelemetrySink: Send + 'static {
+    /// Hands `batch` over without blocking, or says why (some of) it was not taken.
+    fn deliver(&mut self, batch: Vec<TelemetrySample>) -> Result<(), SinkRefused>;
+}
+
+impl TelemetrySink for tokio_mpsc::Sender<Vec<TelemetrySample>> {
+    fn deliver(&mut self, batch: Vec<TelemetrySample>) -> Result<(), SinkRefused> {
+        self.try_send(batch).map_err(|e| {
+            let (reason, batch) = match e {
+                tokio_mpsc::error::TrySendError::Full(b) => ("channel full", b),
+                tokio_mpsc::error::TrySendError::Closed(b) => ("channel closed", b),
+            };
+            SinkRefused {
+                sink: "tokio channel".to_owned(),
+                samples: batch.len(),
+                reason: reason.to_owned(),
+            }
+        })
+    }
+}
+
+impl TelemetrySink for std_mpsc::SyncSender<Vec<TelemetrySample>> {
+    fn deliver(&mut self, batch: Vec<TelemetrySample>) -> Result<(), SinkRefused> {
+        self.try_send(batch).map_err(|e| {
+            let (reason, batch) = match e {
+                std_mpsc::TrySendError::Full(b) => ("channel full", b),
+                std_mpsc::TrySendError::Disconnected(b) => ("channel closed", b),
+            };
+            SinkRefused {
+                sink: "std channel".to_owned(),
+                samples: batch.len(),
+                reason: reason.to_owned(),
+            }
+        })
+    }
+}
+
+type MakeMessage<M> = Box<dyn Fn(&[TelemetrySample]) -> M + Send>;
+
+/// Each batch becomes one `M` per target, sent with `try_send` (capacity respected, refusals
+/// counted by the [`BoundedSender`]).
+pub struct ActorFanOut<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    targets: Vec<BoundedSender<M>>,
+    make: MakeMessage<M>,
+}
+
+impl<M> ActorFanOut<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    /// `make` builds the message from a batch; it is called once per target.
+    pub fn new(
+        targets: Vec<BoundedSender<M>>,
+        make: impl Fn(&[TelemetrySample]) -> M + Send + 'static,
+    ) -> Self {
+        Self {
+            targets,
+            make: Box::new(make),
+        }
+    }
+}
+
+impl<M> TelemetrySink for ActorFanOut<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    fn deliver(&mut self, batch: Vec<TelemetrySample>) -> Result<(), SinkRefused> {
+        let mut refused: Vec<String> = Vec::new();
+        for target in &self.targets {
+            if let Err(rejected) = target.try_send((self.make)(&batch)) {
+                refused.push(rejected.reason.to_string());
+            }
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(SinkRefused {
+            sink: format!("{} of {} actors", refused.len(), self.targets.len()),
+            samples: batch.len(),
+            reason: refused.join("; "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::ActorName;
+    use crate::metrics::Metrics;
+    use actix::{Actor, Context, Handler};
+    use chrono::Utc;
+    use rust_decimal::Decimal;
+    use vpp_engine::ids::ResourceId;
+    use vpp_engine::resource::Telemetry;
+
+    fn sample(id: u64, received_ns: u64) -> TelemetrySample {
+        TelemetrySample {
+            resource_id: ResourceId(id),
+            telemetry: Telemetry {
+                power_kw: Decimal::ONE,
+                soc_pct: None,
+                available: true,
+                at: Utc::now(),
+            },
+            received_ns,
+        }
+    }
+
+    #[test]
+    fn bounded_channels_refuse_when_full_without_blocking() {
+        let (mut tx, mut rx) = tokio_mpsc::channel(1);
+        assert!(tx.deliver(vec![sample(1, 0)]).is_ok());
+        let err = tx.deliver(vec![sample(1, 1), sample(2, 1)]).unwrap_err();
+        assert_eq!((err.samples, err.reason.as_str()), (2, "channel full"));
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
+        drop(rx);
+        let err = tx.deliver(vec![sample(1, 2)]).unwrap_err();
+        assert_eq!(err.reason, "channel closed");
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Batch(Vec<u64>, u64);
+
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u64>, u64)>>>;
+    struct Collector(Seen);
+    impl Actor for Collector {
+        type Context = Context<Self>;
+    }
+    impl Handler<Batch> for Collector {
+        type Result = ();
+        fn handle(&mut self, b: Batch, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push((b.0, b.1));
+        }
+    }
+
+    #[actix::test]
+    async fn fan_out_sends_one_message_per_target() {
+        let metrics = Metrics::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let a = Collector(seen.clone()).start();
+        let b = Collector(seen.clone()).start();
+        let targets = vec![
+            BoundedSender::new(a.recipient(), ActorName::new("a"), 16, &metrics),
+            BoundedSender::new(b.clone().recipient(), ActorName::new("b"), 16, &metrics),
+        ];
+        let mut fan = ActorFanOut::new(targets, |batch: &[TelemetrySample]| {
+            let produced = batch.iter().map(|s| s.received_ns).min().unwrap_or(0);
+            Batch(batch.iter().map(|s| s.resource_id.0).collect(), produced)
+        });
+        fan.deliver(vec![sample(1, 5), sample(2, 3)]).unwrap();
+        for _ in 0..100 {
+            if seen.lock().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(vec![1, 2], 3), (vec![1, 2], 3)]
+        );
+    }
+}
