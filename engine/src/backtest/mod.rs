@@ -125,6 +125,10 @@ pub struct BacktestConfig {
     pub price_cap_cny_per_mwh: Decimal,
     pub price_floor_cny_per_mwh: Decimal,
     pub real_time: RealTimeBook,
+    /// Hand the battery's storage budget to the gate (the risk crate's worst-case energy
+    /// check: open buys are assumed not to fill). Off by default: that check refuses every
+    /// day-ahead plan that sells energy bought in the same auction.
+    pub gate_storage_budget: bool,
 }
 
 impl BacktestConfig {
@@ -146,6 +150,7 @@ impl BacktestConfig {
                 noise_cny_per_mwh: dec!(40),
                 depth_mw: dec!(5),
             },
+            gate_storage_budget: false,
         }
     }
 

@@ -295,14 +295,21 @@ impl BacktestReport {
         );
         let _ = writeln!(
             o,
-            "{:<22} {:>14} {:>10} {:>10} {:>7} {:>12} {:>8}  rejects",
-            "strategy", "pnl_cny", "bought_mwh", "sold_mwh", "fills", "max_dd_cny", "cycles"
+            "{:<30} {:>14} {:>10} {:>10} {:>7} {:>12} {:>8} {:>11}  rejects",
+            "strategy",
+            "pnl_cny",
+            "bought_mwh",
+            "sold_mwh",
+            "fills",
+            "max_dd_cny",
+            "cycles",
+            "undeliv_mwh"
         );
         for s in &self.strategies {
             let rejects: Vec<String> = s.rejects.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(
                 o,
-                "{:<22} {:>14} {:>10} {:>10} {:>7} {:>12} {:>8}  {}",
+                "{:<30} {:>14} {:>10} {:>10} {:>7} {:>12} {:>8} {:>11}  {}",
                 format!("{} ({})", s.name, s.role),
                 s.pnl_cny.round_dp(2),
                 s.bought_mwh.round_dp(3),
@@ -310,6 +317,7 @@ impl BacktestReport {
                 s.fills,
                 s.max_drawdown_cny.round_dp(2),
                 s.full_cycle_equivalents,
+                s.undelivered_mwh.round_dp(3),
                 if rejects.is_empty() {
                     "none".to_owned()
                 } else {

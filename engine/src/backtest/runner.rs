@@ -221,7 +221,11 @@ impl<'a> Run<'a> {
         for k in 0..self.slots.len() {
             let update = self.capacity_of(k, t);
             let battery = self.slots[k].battery.clone();
-            self.gate.on_capacity(&update, &battery, t);
+            let mut for_gate = update;
+            if !self.cfg.gate_storage_budget {
+                for_gate.storage = None;
+            }
+            self.gate.on_capacity(&for_gate, &battery, t);
             self.callback(k, t, |h| h.on_capacity(t, &update))?;
         }
         if let Some(day) = self.forecast_at.get(&t).copied() {
@@ -558,7 +562,7 @@ impl<'a> Run<'a> {
                         },
                         t,
                     );
-                    self.queue.push_back(Work::Report(k, r));
+                    self.queue.push_front(Work::Report(k, r));
                 }
             }
             OrderIntent::Replace {
@@ -580,7 +584,7 @@ impl<'a> Run<'a> {
                         },
                         t,
                     );
-                    self.queue.push_back(Work::Report(k, r));
+                    self.queue.push_front(Work::Report(k, r));
                 }
             }
         }
@@ -599,8 +603,18 @@ impl<'a> Run<'a> {
 
     /// The venue's answer to a new order: reject, rest (day-ahead) or match (real-time).
     fn venue_new(&mut self, k: usize, id: &ClientOrderId, t: Timestamp) {
+        let replies = self.venue_replies(k, id, t);
+        // The venue answers at once: its reports go before any other queued work, so a
+        // cancel queued behind them never meets an order the venue has not acknowledged.
+        for report in replies.into_iter().rev() {
+            self.queue.push_front(Work::Report(k, report));
+        }
+    }
+
+    fn venue_replies(&mut self, k: usize, id: &ClientOrderId, t: Timestamp) -> Vec<ExecReport> {
+        let mut replies = Vec::with_capacity(3);
         let Some(order) = self.ledger.order(id) else {
-            return;
+            return replies;
         };
         let r = order.request.clone();
         let market = self.markets.iter().find(|m| m.id == r.market_id);
@@ -625,17 +639,17 @@ impl<'a> Run<'a> {
                 .entry(format!("venue: {reason}").chars().take(60).collect())
                 .or_insert(0) += 1;
             let report = self.next_report(id, ExecKind::Rejected { reason }, t);
-            self.queue.push_back(Work::Report(k, report));
-            return;
+            replies.push(report);
+            return replies;
         }
         let accepted = self.next_report(id, ExecKind::Accepted, t);
-        self.queue.push_back(Work::Report(k, accepted));
+        replies.push(accepted);
         if r.market_id == DAY_AHEAD_MARKET {
             self.resting
                 .entry(r.interval)
                 .or_default()
                 .push((k, id.clone()));
-            return;
+            return replies;
         }
         let filled = self.match_real_time(r.interval, r.side, r.quantity_mw, r.price_cny_per_mwh);
         if let Some((qty, price)) = filled {
@@ -646,7 +660,7 @@ impl<'a> Run<'a> {
                 price_cny_per_mwh: price,
             };
             let report = self.next_report(id, fill, t);
-            self.queue.push_back(Work::Report(k, report));
+            replies.push(report);
         }
         if filled.is_none_or(|(q, _)| q < r.quantity_mw) {
             let report = self.next_report(
@@ -656,8 +670,9 @@ impl<'a> Run<'a> {
                 },
                 t,
             );
-            self.queue.push_back(Work::Report(k, report));
+            replies.push(report);
         }
+        replies
     }
 
     /// Takes depth at the touch if the limit crosses it.
