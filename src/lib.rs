@@ -2,3 +2,4 @@
 //! end-to-end tests in `tests/`. The binary (`src/main.rs`) is only the command-line edge.
 
 pub mod config;
+pub mod daemon;

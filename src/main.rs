@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use vpp::config::Park;
 use vpp_persistence::Store;
 
-mod backtest;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "vpp",
@@ -16,8 +14,51 @@ mod backtest;
     about = "Real-time trading and dispatch engine for virtual power plants"
 )]
 struct Cli {
+    /// Log format: text (default) or json.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options of the sped-up clock, shared by `run` and `market-sim`.
+#[derive(Debug, clap::Args)]
+struct ClockArgs {
+    /// Simulated seconds per real second (a simulated day in 24 minutes at 60).
+    #[arg(long, default_value_t = 1)]
+    speed: u32,
+    /// Anchor of the sped-up clock, Unix seconds (default: now). Give the daemon and an
+    /// external `vpp market-sim` the same anchor and speed so they agree on the time.
+    #[arg(long)]
+    clock_anchor: Option<i64>,
+}
+
+impl ClockArgs {
+    fn clock(&self) -> anyhow::Result<vpp_actors::live::clock::ScaledClock> {
+        let anchor = match self.clock_anchor {
+            Some(secs) => chrono::DateTime::from_timestamp(secs, 0)
+                .with_context(|| format!("--clock-anchor {secs} is not a valid Unix time"))?,
+            None => chrono::Utc::now(),
+        };
+        Ok(vpp_actors::live::clock::ScaledClock::new(
+            anchor, self.speed,
+        ))
+    }
+}
+
+/// Parses `90`, `90s`, `15m` or `2h` (real time).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional unit s, m or h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: unit must be s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,6 +71,43 @@ enum Command {
         /// Override the config's database URL (sqlite://PATH or postgres://...).
         #[arg(long, env = "VPP_DATABASE_URL")]
         database_url: Option<String>,
+        #[command(flatten)]
+        clock: ClockArgs,
+        /// Stop by itself after this much real time (e.g. 90s, 24m); default: until a signal.
+        #[arg(long = "for", value_parser = parse_duration)]
+        run_for: Option<std::time::Duration>,
+        /// Trade on an external venue (e.g. `vpp market-sim`) instead of the built-in one.
+        #[arg(long)]
+        venue_url: Option<String>,
+        /// API key for the venue.
+        #[arg(long, default_value = vpp::daemon::venue::DEMO_API_KEY)]
+        api_key: String,
+        /// Keep open orders working at the venue on shutdown (default: cancel them).
+        #[arg(long)]
+        keep_orders: bool,
+        /// Real seconds between status lines.
+        #[arg(long, default_value_t = 3)]
+        status_every: u64,
+    },
+    /// Run the venue simulator alone (the markets of the config or the demo).
+    MarketSim {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        clock: ClockArgs,
+    },
+    /// Print the latency percentile tables of the running (or last) daemon.
+    Latency {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "VPP_DATABASE_URL")]
+        database_url: Option<String>,
+        /// The daemon's data directory (default: the SQLite file's directory, or ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Validate a config file and print a summary; exit 1 with the first error.
     CheckConfig {
@@ -37,7 +115,6 @@ enum Command {
         file: PathBuf,
     },
     /// Replay historical prices through the strategy, risk and OMS code (deterministic).
-    Backtest(backtest::BacktestArgs),
     /// Apply the database migrations and exit.
     Migrate {
         #[arg(long)]
@@ -48,11 +125,18 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_target(false)
-        .init();
     let cli = Cli::parse();
+    if cli.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(env_filter())
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(env_filter())
+            .with_target(false)
+            .init();
+    }
     match run_command(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -70,7 +154,6 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
 fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Backtest(args) => backtest::run(args),
         Command::Migrate {
             config,
             database_url,
@@ -82,10 +165,59 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Run {
             config,
             database_url,
+            clock,
+            run_for,
+            venue_url,
+            api_key,
+            keep_orders,
+            status_every,
         } => {
             let park = load_park(config.as_deref())?;
             let url = database_url.unwrap_or_else(|| park.daemon.database_url.clone());
-            runtime()?.block_on(run(park, &url))
+            clock.clock()?;
+            let opts = vpp::daemon::RunOptions {
+                speed: clock.speed,
+                clock_anchor: clock
+                    .clock_anchor
+                    .and_then(|s| chrono::DateTime::from_timestamp(s, 0)),
+                run_for,
+                venue_url,
+                api_key,
+                cancel_on_shutdown: !keep_orders,
+                status_every: std::time::Duration::from_secs(status_every.max(1)),
+                data_dir: vpp::daemon::data_dir_of(&url),
+            };
+            actix::System::new().block_on(async move {
+                let store = open_store(&url).await?;
+                print_park(&park);
+                vpp::daemon::run(park, store, opts).await
+            })
+        }
+        Command::MarketSim {
+            config,
+            listen,
+            clock,
+        } => {
+            let park = load_park(config.as_deref())?;
+            let clock = std::sync::Arc::new(clock.clock()?);
+            runtime()?.block_on(vpp::daemon::venue::run_market_sim(&park, listen, clock))
+        }
+        Command::Latency {
+            config,
+            database_url,
+            data_dir,
+        } => {
+            let dir = match data_dir {
+                Some(d) => d,
+                None => {
+                    let park = load_park(config.as_deref())?;
+                    let url = database_url.unwrap_or_else(|| park.daemon.database_url.clone());
+                    vpp::daemon::data_dir_of(&url)
+                }
+            };
+            let snapshot = vpp::daemon::read_latency(&dir)?;
+            print!("{}", snapshot.latency_table());
+            Ok(())
         }
     }
 }
@@ -138,19 +270,6 @@ async fn open_store(url: &str) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot migrate the store {url}"))?;
     tracing::info!(backend = store.backend_name(), url, "store migrated");
     Ok(store)
-}
-
-async fn run(park: Park, url: &str) -> anyhow::Result<()> {
-    let store = open_store(url).await?;
-    for market in &park.markets {
-        store
-            .upsert_market(market)
-            .await
-            .context("cannot store the markets")?;
-    }
-    print_park(&park);
-    store.close().await;
-    Ok(())
 }
 
 fn print_park(park: &Park) {

@@ -21,6 +21,7 @@
 pub mod bus;
 pub mod conflate;
 pub mod health;
+pub mod live;
 pub mod mailbox;
 pub mod metrics;
 pub mod supervisor;

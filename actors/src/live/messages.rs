@@ -1,0 +1,168 @@
+//! The typed messages between the live actors. Every message that may be refused carries a
+//! `Result<_, Refused>` reply and implements [`Refusable`], so the supervision layer can hand
+//! it back with a reason. Market data to strategies does not travel as messages: it goes
+//! through a per-strategy [`crate::Conflator`] keyed by [`MarketDataKey`] (latest value wins)
+//! and only a [`MdWake`] enters the mailbox.
+
+use crate::conflate::{ConflatedSender, Conflator, Wake};
+use crate::mailbox::{Refusable, Refused};
+use actix::Message;
+use rust_decimal::Decimal;
+use vpp_engine::ids::{AggregationId, ClientOrderId, MarketId, ResourceId, StrategyId};
+use vpp_engine::ledger::{OrderEvent, Outcome};
+use vpp_engine::market::DeliveryInterval;
+use vpp_engine::order::{ExecReport, OrderRequest, OrderStatus};
+use vpp_engine::position::{Position, PositionKey};
+use vpp_engine::resource::Telemetry;
+use vpp_engine::strategy::{
+    CapacityUpdate, MarketData, MarketDataKey, OrderIntent, RiskRejection, Timer,
+};
+use vpp_engine::Timestamp;
+
+/// A market data item and the monotonic time (ns) it was decoded, for tick-to-order latency.
+pub type TimedMarketData = (MarketData, u64);
+/// The wake a strategy's market data conflator sends.
+pub type MdWake = Wake<MarketDataKey, TimedMarketData>;
+/// A strategy's market data inbox.
+pub type MdConflator = Conflator<MarketDataKey, TimedMarketData>;
+/// The producer side of a strategy's market data inbox.
+pub type MdSender = ConflatedSender<MarketDataKey, TimedMarketData>;
+
+/// Everything a strategy actor receives besides market data. Never conflated.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), Refused>")]
+pub enum ToStrategy {
+    Capacity(CapacityUpdate),
+    Exec {
+        report: ExecReport,
+        status: OrderStatus,
+    },
+    Rejected(RiskRejection),
+    Timer(Timer),
+}
+
+impl Refusable for ToStrategy {
+    fn refuse(self, reason: &Refused) {
+        tracing::warn!(reason = %reason, message = ?self, "strategy message refused");
+    }
+}
+
+/// An intent on its way through risk to the OMS; `t0_ns` is when the market data that caused
+/// it was decoded (0 when no market data caused it).
+#[derive(Debug, Clone)]
+pub struct Intent {
+    pub intent: OrderIntent,
+    pub t0_ns: u64,
+}
+
+/// Everything the risk monitor receives.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), Refused>")]
+pub enum ToRisk {
+    Intent(Intent),
+    /// An order event the OMS applied, with the ledger's outcome (keeps risk state in step).
+    Order {
+        event: OrderEvent,
+        outcome: Outcome,
+    },
+    Capacity {
+        aggregation_id: AggregationId,
+        up_flex_mw: Decimal,
+        down_flex_mw: Decimal,
+    },
+    Reference {
+        market: MarketId,
+        interval: DeliveryInterval,
+        price_cny_per_mwh: Decimal,
+    },
+    Tick(Timestamp),
+    /// Engage the global kill switch (shutdown, operator): every new order is refused after it.
+    KillAll {
+        reason: String,
+    },
+}
+
+impl Refusable for ToRisk {
+    fn refuse(self, reason: &Refused) {
+        if let ToRisk::Intent(i) = &self {
+            tracing::warn!(reason = %reason, client_order_id = %i.intent.client_order_id(),
+                "intent refused by a halted or restarting risk monitor");
+        }
+    }
+}
+
+/// Everything the OMS receives.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), Refused>")]
+pub enum ToOms {
+    /// Risk approved the intent (cancels and replaces pass straight through).
+    Approved(Intent),
+    /// An execution report from the venue, in account sequence order.
+    Report(ExecReport),
+    /// The connector could not hand an order or cancel to the venue adapter.
+    SendFailed {
+        client_order_id: ClientOrderId,
+        reason: String,
+    },
+    /// A strategy was halted past its restart limit: cancel its open orders.
+    HaltStrategy(StrategyId),
+    /// Shutdown: cancel every open order.
+    CancelAll { reason: String },
+}
+
+impl Refusable for ToOms {
+    fn refuse(self, reason: &Refused) {
+        tracing::error!(reason = %reason, message = ?self, "OMS message refused");
+    }
+}
+
+/// Commands from the OMS to the market connector (a bounded tokio channel: the OMS reserves a
+/// slot before it journals, so a full connector refuses the intent instead of dropping it).
+#[derive(Debug, Clone)]
+pub enum ConnectorCmd {
+    /// `t0_ns`: market data decoded (0: not caused by market data); `oms_ns`: the OMS sent it.
+    New {
+        request: OrderRequest,
+        t0_ns: u64,
+        oms_ns: u64,
+    },
+    Cancel(ClientOrderId),
+    Replace {
+        client_order_id: ClientOrderId,
+        quantity_mw: Decimal,
+        price_cny_per_mwh: Decimal,
+    },
+}
+
+/// Telemetry of the simulated (or real) park, one batch per second of simulated time.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), Refused>")]
+pub struct TelemetryBatch {
+    pub samples: Vec<(ResourceId, Telemetry)>,
+    /// Monotonic ns when the batch was produced (telemetry-to-capacity latency).
+    pub produced_ns: u64,
+}
+
+impl Refusable for TelemetryBatch {
+    fn refuse(self, reason: &Refused) {
+        tracing::debug!(reason = %reason, samples = self.samples.len(), "telemetry batch refused");
+    }
+}
+
+/// A position changed (a fill): dispatch turns the net position into setpoints.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), Refused>")]
+pub enum ToDispatch {
+    Position {
+        key: PositionKey,
+        position: Position,
+    },
+    /// A new delivery interval started: issue its setpoints, settle the one that ended.
+    IntervalStart(DeliveryInterval),
+}
+
+impl Refusable for ToDispatch {
+    fn refuse(self, reason: &Refused) {
+        tracing::warn!(reason = %reason, message = ?self, "dispatch message refused");
+    }
+}

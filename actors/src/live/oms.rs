@@ -1,0 +1,319 @@
+//! The Execution (OMS) actor: the one place orders change. Approved intents become `Created`
+//! events, venue reports become `Report` events; each is applied to the [`OrderLedger`], fed to
+//! the journal (bounded channel, group commit in the persistence crate's writer task) and fanned
+//! out: risk (state), the owning strategy (its report and the order's new status), dispatch
+//! (positions after a fill).
+//!
+//! Invariants:
+//! - An order is journaled (submitted) before it is handed to the connector, and the connector
+//!   slot is reserved before it is journaled: a full connector or a full journal refuses the
+//!   intent back to the strategy with a reason, before anything changed.
+//! - The hot path never awaits the database: `try_submit` only enqueues. If the daemon dies
+//!   between sending and the journal commit, start-up reconciliation adopts the order from the
+//!   venue (`Recovered`), so nothing acknowledged is lost.
+//! - The ledger lives behind a shared handle that is also the supervision snapshot. Every
+//!   `OrderLedger::apply` is all-or-nothing, so the ledger is always exactly the journal's
+//!   fold and a rebuilt OMS continues from it.
+
+use super::messages::{ConnectorCmd, Intent, ToDispatch, ToOms, ToRisk, ToStrategy};
+use super::StrategyRoutes;
+use crate::mailbox::BoundedSender;
+use crate::metrics::{Counter, Metrics};
+use crate::supervisor::{Handles, LogicFault, SupervisedLogic};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use tokio::sync::mpsc;
+use vpp_engine::clock::Clock;
+use vpp_engine::ids::{ClientOrderId, StrategyId};
+use vpp_engine::ledger::{OrderEvent, OrderEventKind, OrderLedger, Outcome};
+use vpp_engine::order::{ExecReport, OrderRequest};
+use vpp_engine::strategy::{OrderIntent, RiskRejection};
+use vpp_persistence::JournalWriter;
+
+pub type SharedLedger = Arc<Mutex<OrderLedger>>;
+
+/// Counter names of the OMS.
+pub mod names {
+    pub const FILLS_TOTAL: &str = "vpp_fills_total";
+    pub const EXEC_REPORTS_TOTAL: &str = "vpp_exec_reports_total";
+    pub const JOURNAL_REFUSED_TOTAL: &str = "vpp_journal_refused_total";
+}
+
+#[derive(Clone)]
+pub struct OmsWiring {
+    pub ledger: SharedLedger,
+    pub journal: JournalWriter,
+    pub connector: mpsc::Sender<ConnectorCmd>,
+    /// Set once risk has started (risk and the OMS address each other).
+    pub risk: Arc<OnceLock<BoundedSender<ToRisk>>>,
+    pub strategies: StrategyRoutes,
+    pub dispatch: Vec<BoundedSender<ToDispatch>>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+}
+
+/// Most cancels waiting for their order's acknowledgement.
+pub const MAX_DEFERRED_CANCELS: usize = 10_000;
+
+pub struct OmsLogic {
+    w: OmsWiring,
+    /// Cancels of orders the venue has not acknowledged yet: the order state machine only
+    /// accepts `accepted` from `new`, so the cancel goes out once the ack arrived.
+    deferred_cancels: std::collections::HashSet<ClientOrderId>,
+    orders: Counter,
+    fills: Counter,
+    reports: Counter,
+    rejects: Counter,
+    journal_refused: Counter,
+}
+
+impl OmsLogic {
+    pub fn new(w: OmsWiring) -> Self {
+        let m = &w.metrics;
+        Self {
+            deferred_cancels: std::collections::HashSet::new(),
+            orders: m.counter(crate::metrics::names::ORDERS_TOTAL, &[]),
+            fills: m.counter(names::FILLS_TOTAL, &[]),
+            reports: m.counter(names::EXEC_REPORTS_TOTAL, &[]),
+            rejects: m.counter(crate::metrics::names::REJECTS_TOTAL, &[("stage", "oms")]),
+            journal_refused: m.counter(names::JOURNAL_REFUSED_TOTAL, &[]),
+            w,
+        }
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, OrderLedger> {
+        self.w.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send_risk(&self, msg: ToRisk) {
+        match self.w.risk.get() {
+            Some(risk) => {
+                if let Err(e) = risk.try_send(msg) {
+                    tracing::warn!(error = %e, "risk missed an order event");
+                }
+            }
+            None => tracing::warn!("risk not wired yet; order event not mirrored"),
+        }
+    }
+
+    fn tell_strategy(&self, strategy: Option<StrategyId>, msg: ToStrategy) {
+        let Some(id) = strategy else { return };
+        let routes = self
+            .w
+            .strategies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = routes.get(&id) {
+            if let Err(e) = tx.try_send(msg) {
+                tracing::warn!(strategy = %id, error = %e, "OMS message could not reach its strategy");
+            }
+        }
+    }
+
+    fn refuse(&self, request: &OrderRequest, code: &str, message: String) {
+        self.rejects.inc();
+        let reject = RiskRejection {
+            client_order_id: request.client_order_id.clone(),
+            code: code.to_owned(),
+            message,
+        };
+        self.tell_strategy(request.strategy_id, ToStrategy::Rejected(reject));
+    }
+
+    /// Journals then applies one event; `None` if it did not apply (logged).
+    fn record(&self, event: OrderEvent) -> Option<(OrderEvent, Outcome)> {
+        let outcome = match self.ledger().apply(&event) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, event = event.name(), "order event refused by the ledger");
+                return None;
+            }
+        };
+        // A stale report changed nothing: nothing to journal.
+        outcome.to?;
+        if let Err(e) = self.w.journal.try_submit(event.clone()) {
+            self.journal_refused.inc();
+            tracing::error!(error = %e, "journal refused an applied event; reconciliation at restart recovers it");
+        }
+        self.send_risk(ToRisk::Order {
+            event: event.clone(),
+            outcome: outcome.clone(),
+        });
+        Some((event, outcome))
+    }
+
+    fn new_order(&mut self, request: OrderRequest, t0_ns: u64) {
+        if self.ledger().contains(&request.client_order_id) {
+            let msg = format!("{} already exists", request.client_order_id);
+            return self.refuse(&request, "duplicate_client_order_id", msg);
+        }
+        let Ok(permit) = self.w.connector.try_reserve() else {
+            let msg = "the market connector's queue is full; retry later".to_owned();
+            return self.refuse(&request, "connector_full", msg);
+        };
+        let event = OrderEvent {
+            client_order_id: request.client_order_id.clone(),
+            at: self.w.clock.now(),
+            kind: OrderEventKind::Created {
+                request: request.clone(),
+            },
+        };
+        if let Err(e) = self.ledger().apply(&event) {
+            return self.refuse(&request, "invalid_order", e.to_string());
+        }
+        if let Err(e) = self.w.journal.try_submit(event.clone()) {
+            // The ledger already holds it; the order goes out anyway and the venue's
+            // reconciliation at restart adopts it if the journal never caught up.
+            self.journal_refused.inc();
+            tracing::error!(error = %e, "journal refused a created order");
+        }
+        let outcome = Outcome {
+            from: None,
+            to: Some(vpp_engine::order::OrderStatus::New),
+            fill: None,
+        };
+        self.send_risk(ToRisk::Order { event, outcome });
+        self.orders.inc();
+        permit.send(ConnectorCmd::New {
+            request,
+            t0_ns,
+            oms_ns: self.w.clock.monotonic_ns(),
+        });
+    }
+
+    fn cancel(&mut self, id: ClientOrderId, reason: &str) {
+        let status = self.ledger().order(&id).map(|o| o.status);
+        if status == Some(vpp_engine::order::OrderStatus::New) {
+            if self.deferred_cancels.len() < MAX_DEFERRED_CANCELS {
+                self.deferred_cancels.insert(id);
+            } else {
+                tracing::warn!(client_order_id = %id, "too many deferred cancels; cancel dropped");
+            }
+            return;
+        }
+        let event = OrderEvent {
+            client_order_id: id.clone(),
+            at: self.w.clock.now(),
+            kind: OrderEventKind::CancelRequested {
+                reason: reason.to_owned(),
+            },
+        };
+        if self.record(event).is_none() {
+            return;
+        }
+        if let Err(e) = self.w.connector.try_send(ConnectorCmd::Cancel(id.clone())) {
+            tracing::error!(client_order_id = %id, error = %e, "cancel could not reach the connector");
+        }
+    }
+
+    fn report(&mut self, report: ExecReport) {
+        self.reports.inc();
+        let event = OrderEvent {
+            client_order_id: report.client_order_id.clone(),
+            at: report.at,
+            kind: OrderEventKind::Report {
+                report: report.clone(),
+            },
+        };
+        let Some((_, outcome)) = self.record(event) else {
+            return;
+        };
+        let Some(status) = outcome.to else { return };
+        let (strategy, position) = {
+            let ledger = self.ledger();
+            let strategy = ledger
+                .order(&report.client_order_id)
+                .and_then(|o| o.request.strategy_id);
+            let position = outcome
+                .fill
+                .as_ref()
+                .and_then(|f| ledger.position(&f.key).map(|p| (f.key, p.clone())));
+            (strategy, position)
+        };
+        if let Some((key, position)) = position {
+            self.fills.inc();
+            for dispatch in &self.w.dispatch {
+                let msg = ToDispatch::Position {
+                    key,
+                    position: position.clone(),
+                };
+                if let Err(e) = dispatch.try_send(msg) {
+                    tracing::warn!(error = %e, "dispatch missed a position update");
+                }
+            }
+        }
+        let id = report.client_order_id.clone();
+        self.tell_strategy(strategy, ToStrategy::Exec { report, status });
+        if status != vpp_engine::order::OrderStatus::New && self.deferred_cancels.remove(&id) {
+            if status.is_terminal() {
+                return;
+            }
+            self.cancel(id, "deferred until acknowledged");
+        }
+    }
+
+    fn cancel_where(&mut self, pred: impl Fn(&vpp_engine::order::Order) -> bool, reason: &str) {
+        let ids: Vec<ClientOrderId> = self
+            .ledger()
+            .open_orders()
+            .filter(|o| o.status != vpp_engine::order::OrderStatus::PendingCancel && pred(o))
+            .filter(|o| !self.deferred_cancels.contains(o.id()))
+            .map(|o| o.id().clone())
+            .collect();
+        tracing::info!(orders = ids.len(), reason, "cancelling open orders");
+        for id in ids {
+            self.cancel(id, reason);
+        }
+    }
+}
+
+impl SupervisedLogic for OmsLogic {
+    type Snapshot = SharedLedger;
+    fn snapshot(&self) -> SharedLedger {
+        Arc::clone(&self.w.ledger)
+    }
+}
+
+impl Handles<ToOms> for OmsLogic {
+    type Reply = ();
+    fn handle(&mut self, msg: ToOms) -> Result<(), LogicFault> {
+        match msg {
+            ToOms::Approved(Intent { intent, t0_ns }) => match intent {
+                OrderIntent::New(request) => self.new_order(request, t0_ns),
+                OrderIntent::Cancel { client_order_id } => self.cancel(client_order_id, "strategy"),
+                OrderIntent::Replace {
+                    client_order_id,
+                    quantity_mw,
+                    price_cny_per_mwh,
+                } => {
+                    let cmd = ConnectorCmd::Replace {
+                        client_order_id,
+                        quantity_mw,
+                        price_cny_per_mwh,
+                    };
+                    if let Err(e) = self.w.connector.try_send(cmd) {
+                        tracing::warn!(error = %e, "replace could not reach the connector");
+                    }
+                }
+            },
+            ToOms::Report(report) => self.report(report),
+            ToOms::SendFailed {
+                client_order_id,
+                reason,
+            } => {
+                let request = self
+                    .ledger()
+                    .order(&client_order_id)
+                    .map(|o| o.request.clone());
+                tracing::error!(%client_order_id, %reason, "order could not be handed to the venue adapter");
+                if let Some(request) = request {
+                    self.refuse(&request, "venue_adapter", reason);
+                }
+            }
+            ToOms::HaltStrategy(id) => {
+                self.cancel_where(|o| o.request.strategy_id == Some(id), "strategy halted")
+            }
+            ToOms::CancelAll { reason } => self.cancel_where(|_| true, &reason),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! Start-up reconciliation with the venue, before the adapter session and before any strategy
+//! runs: one short session of its own that asks the venue for every exec report after the
+//! journal's last sequence, for the open orders, and for the full state of every order the
+//! venue knows and the journal lacks (an order sent just before a crash whose `Created` event
+//! never committed).
+//!
+//! The result is a list of [`OrderEvent`]s, in order: a `Recovered` event for each adopted
+//! order, then every missed report in account sequence order. Applying them to the replayed
+//! ledger (and journaling them) gives the orders and positions the venue has.
+//!
+//! Invariants:
+//! - Read-only towards the venue: no order is sent, cancelled or replaced.
+//! - Bounded: at most [`MAX_REPORT_PAGES`] pages of reports and [`MAX_ADOPTED`] adopted orders;
+//!   past either, the recovery fails loudly instead of starting with a partial view.
+//! - Deterministic: the same journal and venue state give the same events.
+
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use thiserror::Error;
+use tokio_tungstenite::tungstenite::Message;
+use vpp_engine::ids::{AggregationId, ClientOrderId, MarketId, StrategyId};
+use vpp_engine::ledger::{OrderEvent, OrderEventKind, OrderLedger};
+use vpp_engine::order::OrderRequest;
+use vpp_engine::Timestamp;
+use vpp_market_adapters::protocol::{
+    decode_venue, encode, tif_from_wire, ClientMsg, FillsSinceQuery, Login, OpenOrdersQuery,
+    OrderState, OrderStatusQuery, VenueMsg, WireExecReport, PROTOCOL_VERSION,
+};
+
+pub const MAX_REPORT_PAGES: usize = 10_000;
+pub const MAX_ADOPTED: usize = 100_000;
+
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error("venue {url}: {reason}")]
+    Venue { url: String, reason: String },
+    #[error("venue {url}: timed out after {secs} s waiting for {what}")]
+    Timeout {
+        url: String,
+        secs: u64,
+        what: &'static str,
+    },
+    #[error("recovery bound exceeded: {0}")]
+    Bound(String),
+}
+
+/// What reconciliation found.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// `Recovered` events first, then the missed reports, in sequence order.
+    pub events: Vec<OrderEvent>,
+    /// The account's latest report sequence at the venue.
+    pub account_seq: u64,
+    pub adopted: usize,
+    pub reports: usize,
+    /// Orders the venue reported that could not be adopted (unknown market or strategy).
+    pub unadoptable: Vec<ClientOrderId>,
+}
+
+/// Resolves the owner of an adopted order from its client order id.
+pub type OwnerOf<'a> = &'a dyn Fn(&ClientOrderId) -> Option<(Option<StrategyId>, AggregationId)>;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Session {
+    ws: Ws,
+    url: String,
+    timeout: Duration,
+}
+
+impl Session {
+    fn err(&self, reason: impl Into<String>) -> RecoveryError {
+        RecoveryError::Venue {
+            url: self.url.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn send(&mut self, msg: &ClientMsg) -> Result<(), RecoveryError> {
+        let text = encode(msg).map_err(|e| self.err(e.to_string()))?;
+        let sent = self.ws.send(Message::text(text)).await;
+        sent.map_err(|e| self.err(format!("write: {e}")))
+    }
+
+    /// The next venue message that `pick` accepts; others (heartbeats, reports) are skipped.
+    async fn expect<T>(
+        &mut self,
+        what: &'static str,
+        mut pick: impl FnMut(VenueMsg) -> Result<Option<T>, String>,
+    ) -> Result<T, RecoveryError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| RecoveryError::Timeout {
+                    url: self.url.clone(),
+                    secs: self.timeout.as_secs(),
+                    what,
+                })?;
+            let text = match frame {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | None => return Err(self.err("connection closed")),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(self.err(format!("read: {e}"))),
+            };
+            let Ok(msg) = decode_venue(text.as_str()) else {
+                continue;
+            };
+            if let VenueMsg::Heartbeat(hb) = &msg {
+                let ack = ClientMsg::HeartbeatAck(hb.clone());
+                self.send(&ack).await?;
+                continue;
+            }
+            match pick(msg) {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => continue,
+                Err(reason) => return Err(self.err(reason)),
+            }
+        }
+    }
+}
+
+fn venue_error(msg: &VenueMsg) -> Option<String> {
+    match msg {
+        VenueMsg::Error(e) => Some(format!("{}: {}", e.code, e.message)),
+        _ => None,
+    }
+}
+
+/// Builds the request of an order adopted from the venue.
+fn request_of(
+    state: &OrderState,
+    symbols: &HashMap<String, MarketId>,
+    owner: OwnerOf<'_>,
+) -> Option<OrderRequest> {
+    let market_id = *symbols.get(&state.market)?;
+    let (strategy_id, aggregation_id) = owner(&state.client_order_id)?;
+    let time_in_force = tif_from_wire(state.time_in_force, state.expire_at).ok()?;
+    Some(OrderRequest {
+        client_order_id: state.client_order_id.clone(),
+        strategy_id,
+        aggregation_id,
+        market_id,
+        product: state.product,
+        interval: state.interval,
+        side: state.side,
+        quantity_mw: state.quantity_mw,
+        price_cny_per_mwh: state.price_cny_per_mwh,
+        time_in_force,
+    })
+}
+
+/// Reconciles `ledger` (the replayed journal) with the venue at `url`.
+pub async fn reconcile(
+    url: &str,
+    api_key: &str,
+    ledger: &OrderLedger,
+    symbols: &HashMap<String, MarketId>,
+    owner: OwnerOf<'_>,
+    now: Timestamp,
+    timeout: Duration,
+) -> Result<Recovery, RecoveryError> {
+    let connect = tokio_tungstenite::connect_async(url);
+    let (ws, _) = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| RecoveryError::Timeout {
+            url: url.to_owned(),
+            secs: timeout.as_secs(),
+            what: "connect",
+        })?
+        .map_err(|e| RecoveryError::Venue {
+            url: url.to_owned(),
+            reason: format!("connect: {e}"),
+        })?;
+    let mut s = Session {
+        ws,
+        url: url.to_owned(),
+        timeout,
+    };
+    s.send(&ClientMsg::Login(Login {
+        api_key: api_key.to_owned(),
+        protocol_version: PROTOCOL_VERSION,
+    }))
+    .await?;
+    let account_seq = s
+        .expect("login", |m| match m {
+            VenueMsg::LoginOk(ok) => Ok(Some(ok.account_seq)),
+            other => venue_error(&other).map_or(Ok(None), Err),
+        })
+        .await?;
+    let reports = fetch_reports(&mut s, ledger.last_report_seq()).await?;
+    s.send(&ClientMsg::OpenOrders(OpenOrdersQuery {})).await?;
+    let open = s
+        .expect("open orders", |m| match m {
+            VenueMsg::OpenOrders(r) => Ok(Some(r.orders)),
+            other => venue_error(&other).map_or(Ok(None), Err),
+        })
+        .await?;
+    let mut unknown: BTreeSet<ClientOrderId> = reports
+        .iter()
+        .map(|r| r.client_order_id.clone())
+        .chain(open.iter().map(|o| o.client_order_id.clone()))
+        .filter(|id| !ledger.contains(id))
+        .collect();
+    if unknown.len() > MAX_ADOPTED {
+        return Err(RecoveryError::Bound(format!(
+            "{} orders to adopt, at most {MAX_ADOPTED}",
+            unknown.len()
+        )));
+    }
+    let mut states: BTreeMap<ClientOrderId, OrderState> = open
+        .into_iter()
+        .filter(|o| unknown.contains(&o.client_order_id))
+        .map(|o| (o.client_order_id.clone(), o))
+        .collect();
+    unknown.retain(|id| !states.contains_key(id));
+    for id in unknown {
+        s.send(&ClientMsg::OrderStatus(OrderStatusQuery {
+            client_order_id: id.clone(),
+        }))
+        .await?;
+        let state = s
+            .expect("order status", |m| match m {
+                VenueMsg::OrderStatus(r) if r.client_order_id == id => Ok(Some(r.order)),
+                other => venue_error(&other).map_or(Ok(None), Err),
+            })
+            .await?;
+        if let Some(state) = state {
+            states.insert(id, state);
+        }
+    }
+    let _ = s.ws.close(None).await;
+    Ok(build(
+        ledger,
+        states,
+        reports,
+        symbols,
+        owner,
+        now,
+        account_seq,
+    ))
+}
+
+async fn fetch_reports(s: &mut Session, after: u64) -> Result<Vec<WireExecReport>, RecoveryError> {
+    let mut out = Vec::new();
+    let mut since = after;
+    for _ in 0..MAX_REPORT_PAGES {
+        s.send(&ClientMsg::FillsSince(FillsSinceQuery {
+            account_seq: since,
+        }))
+        .await?;
+        let reply = s
+            .expect("fills since", |m| match m {
+                VenueMsg::FillsSince(r) => Ok(Some(r)),
+                other => venue_error(&other).map_or(Ok(None), Err),
+            })
+            .await?;
+        let more = reply.more;
+        if let Some(last) = reply.reports.last() {
+            since = last.account_seq;
+        }
+        out.extend(reply.reports);
+        if !more {
+            return Ok(out);
+        }
+    }
+    Err(RecoveryError::Bound(format!(
+        "more than {MAX_REPORT_PAGES} pages of reports"
+    )))
+}
+
+fn build(
+    ledger: &OrderLedger,
+    states: BTreeMap<ClientOrderId, OrderState>,
+    reports: Vec<WireExecReport>,
+    symbols: &HashMap<String, MarketId>,
+    owner: OwnerOf<'_>,
+    now: Timestamp,
+    account_seq: u64,
+) -> Recovery {
+    let mut scratch = ledger.clone();
+    let mut out = Recovery {
+        account_seq,
+        ..Recovery::default()
+    };
+    for (id, state) in &states {
+        let Some(request) = request_of(state, symbols, owner) else {
+            out.unadoptable.push(id.clone());
+            continue;
+        };
+        let event = OrderEvent {
+            client_order_id: id.clone(),
+            at: now,
+            kind: OrderEventKind::Recovered { request },
+        };
+        if scratch.apply(&event).is_ok() {
+            out.adopted += 1;
+            out.events.push(event);
+        }
+    }
+    for wire in reports {
+        let report = wire.to_engine();
+        let event = OrderEvent {
+            client_order_id: report.client_order_id.clone(),
+            at: report.at,
+            kind: OrderEventKind::Report { report },
+        };
+        match scratch.apply(&event) {
+            Ok(outcome) if outcome.to.is_some() => {
+                out.reports += 1;
+                out.events.push(event);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "missed report does not apply; skipped"),
+        }
+    }
+    out
+}

@@ -1,0 +1,202 @@
+//! The Strategy actor: hosts one `Box<dyn Strategy>` in a [`StrategyHost`] under supervision.
+//!
+//! Inputs: market data through its own conflator (latest value per key wins, losses counted),
+//! capacity, execution reports, risk rejections and timers as [`ToStrategy`]. Output: intents
+//! to the risk monitor with `try_send`; an intent the risk mailbox refuses goes straight back
+//! into the strategy as a risk rejection with the refusal's reason (never dropped silently).
+//!
+//! Invariants:
+//! - A panic in the strategy is caught by the supervisor; the host is rebuilt from its last
+//!   snapshot and the client id allocator is moved past the highest id ever handed out
+//!   (`issued` watermark), so a restarted strategy never reuses a client order id.
+//! - Each callback's decision time is recorded in `strategy_decision{scope=<strategy>}`.
+
+use super::messages::{Intent, MdConflator, MdWake, TimedMarketData, ToRisk, ToStrategy};
+use crate::mailbox::BoundedSender;
+use crate::metrics::{LatencyRecorder, Metrics, Stage};
+use crate::supervisor::{Handles, LogicFault, SupervisedLogic};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use vpp_engine::clock::Clock;
+use vpp_engine::ids::ClientOrderId;
+use vpp_engine::market::DeliveryInterval;
+use vpp_engine::strategy::{
+    HostConfig, HostSnapshot, MarketDataKey, OrderIntent, RiskRejection, StrategyError,
+    StrategyHost, StrategyInit, StrategyRegistry,
+};
+use vpp_engine::Timestamp;
+
+/// Everything needed to (re)build a strategy's logic.
+#[derive(Clone)]
+pub struct StrategyWiring {
+    pub init: StrategyInit,
+    pub host: HostConfig,
+    pub registry: Arc<StrategyRegistry>,
+    pub clock: Arc<dyn Clock>,
+    pub risk: BoundedSender<ToRisk>,
+    pub md: MdConflator,
+    pub metrics: Metrics,
+    /// Highest client order sequence handed out, shared across restarts.
+    pub issued: Arc<AtomicU64>,
+}
+
+pub struct StrategyLogic {
+    host: StrategyHost,
+    wiring: StrategyWiring,
+    decision: LatencyRecorder,
+    drained: Vec<(MarketDataKey, TimedMarketData)>,
+}
+
+fn fault(e: StrategyError) -> LogicFault {
+    LogicFault::new(e.to_string())
+}
+
+impl StrategyLogic {
+    /// A fresh host; `seed` adopts open orders and positions recovered from the journal.
+    pub fn new(
+        wiring: StrategyWiring,
+        seed: impl FnOnce(&mut StrategyHost),
+    ) -> Result<Self, LogicFault> {
+        let strategy = wiring.registry.create(&wiring.init).map_err(fault)?;
+        let mut host = StrategyHost::new(strategy, wiring.host.clone()).map_err(fault)?;
+        seed(&mut host);
+        Ok(Self::with_host(host, wiring))
+    }
+
+    /// Rebuilds from a snapshot, past every id already issued.
+    pub fn rebuild(wiring: StrategyWiring, snapshot: &HostSnapshot) -> Result<Self, LogicFault> {
+        let strategy = wiring.registry.create(&wiring.init).map_err(fault)?;
+        let mut host =
+            StrategyHost::restore(strategy, wiring.host.clone(), snapshot).map_err(fault)?;
+        let issued = wiring.issued.load(Ordering::SeqCst);
+        if issued > 0 {
+            let prefix = snapshot.ids.prefix();
+            if let Ok(id) = ClientOrderId::new(format!("{prefix}-{issued}")) {
+                host.observe_client_ids([&id]);
+            }
+        }
+        Ok(Self::with_host(host, wiring))
+    }
+
+    fn with_host(host: StrategyHost, wiring: StrategyWiring) -> Self {
+        let decision = wiring
+            .metrics
+            .latency(Stage::StrategyDecision, &wiring.init.name);
+        Self {
+            host,
+            wiring,
+            decision,
+            drained: Vec::with_capacity(64),
+        }
+    }
+
+    pub fn host(&self) -> &StrategyHost {
+        &self.host
+    }
+
+    fn now(&self) -> Timestamp {
+        self.wiring.clock.now()
+    }
+
+    /// Takes the intents of the last callback and sends them to risk.
+    fn forward(&mut self, result: Result<Vec<OrderIntent>, StrategyError>, t0_ns: u64) {
+        let intents = match result {
+            Ok(intents) => intents,
+            Err(e) => {
+                tracing::warn!(strategy = %self.wiring.init.name, error = %e, "strategy callback failed; its intents were discarded");
+                return;
+            }
+        };
+        self.wiring.issued.fetch_max(
+            self.host.next_client_seq().saturating_sub(1),
+            Ordering::SeqCst,
+        );
+        for intent in intents {
+            let msg = ToRisk::Intent(Intent { intent, t0_ns });
+            if let Err(rejected) = self.wiring.risk.try_send(msg) {
+                let (msg, reason) = rejected.into_parts();
+                if let ToRisk::Intent(Intent {
+                    intent: OrderIntent::New(r),
+                    ..
+                }) = msg
+                {
+                    let reject = RiskRejection {
+                        client_order_id: r.client_order_id,
+                        code: reason.reason().to_owned(),
+                        message: reason.to_string(),
+                    };
+                    let now = self.now();
+                    // Follow-up intents of the rejection callback are dropped on purpose: the
+                    // order path is full, so sending more would only be refused again.
+                    if let Err(e) = self.host.on_risk_reject(now, &reject) {
+                        tracing::warn!(error = %e, "strategy failed handling a refusal");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_market_data(&mut self, wake: MdWake) {
+        let mut drained = std::mem::take(&mut self.drained);
+        drained.clear();
+        self.wiring.md.drain(wake, &mut drained);
+        for (_, (data, t0_ns)) in drained.drain(..) {
+            let start = self.wiring.clock.monotonic_ns();
+            let now = self.now();
+            let result = self.host.on_market_data(now, &data).map(<[_]>::to_vec);
+            self.decision
+                .record_between(start, self.wiring.clock.monotonic_ns());
+            self.forward(result, t0_ns);
+        }
+        self.drained = drained;
+    }
+}
+
+impl SupervisedLogic for StrategyLogic {
+    type Snapshot = HostSnapshot;
+    fn snapshot(&self) -> HostSnapshot {
+        // A strategy that cannot snapshot keeps the previous restore point; counted in logs.
+        match self.host.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(strategy = %self.wiring.init.name, error = %e, "snapshot failed");
+                panic!("strategy {} cannot snapshot: {e}", self.wiring.init.name)
+            }
+        }
+    }
+}
+
+impl Handles<MdWake> for StrategyLogic {
+    type Reply = ();
+    fn handle(&mut self, wake: MdWake) -> Result<(), LogicFault> {
+        self.on_market_data(wake);
+        Ok(())
+    }
+}
+
+impl Handles<ToStrategy> for StrategyLogic {
+    type Reply = ();
+    fn handle(&mut self, msg: ToStrategy) -> Result<(), LogicFault> {
+        let now = self.now();
+        let start = self.wiring.clock.monotonic_ns();
+        let result = match &msg {
+            ToStrategy::Capacity(c) => self.host.on_capacity(now, c),
+            ToStrategy::Exec { report, status } => self.host.on_exec_report(now, report, *status),
+            ToStrategy::Rejected(r) => self.host.on_risk_reject(now, r),
+            ToStrategy::Timer(t) => {
+                if let vpp_engine::strategy::Timer::IntervalStart { interval } = t {
+                    self.host
+                        .prune_positions_before(DeliveryInterval::containing(
+                            interval.start() - chrono::Duration::days(1),
+                        ));
+                }
+                self.host.on_timer(now, t)
+            }
+        }
+        .map(<[_]>::to_vec);
+        self.decision
+            .record_between(start, self.wiring.clock.monotonic_ns());
+        self.forward(result, 0);
+        Ok(())
+    }
+}

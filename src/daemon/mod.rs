@@ -1,0 +1,787 @@
+//! `vpp run`: boots the actor system from a [`Park`] and runs it until a signal or `--for`.
+//!
+//! Start-up order (crash recovery), each step finished before the next begins:
+//! 1. replay the journal into the order ledger (orders and positions);
+//! 2. record a boot in the audit log: its id is the boot epoch, part of every client order id
+//!    prefix (`s<strategy>b<epoch>-<n>`), so ids never repeat across restarts;
+//! 3. connect to the venue and reconcile: adopt orders the venue knows and the journal lacks
+//!    (`Recovered`), apply every missed report, journal both and wait for the commit;
+//! 4. start the core actors and the venue session (which reconciles again and resubscribes),
+//!    wait until it is live;
+//! 5. only then start the strategies, seeded with their open orders and positions.
+//!
+//! Shutdown (SIGINT, SIGTERM or `--for` elapsed): open orders are cancelled or kept per
+//! `--keep-orders`, the journal is flushed, the process exits 0.
+
+pub mod park;
+pub mod venue;
+
+use crate::config::{Park, StrategySpec};
+use anyhow::Context;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use vpp_actors::live::aggregation::{AggregationLogic, AggregationWiring};
+use vpp_actors::live::clock::ScaledClock;
+use vpp_actors::live::connector::{run_connector, ConnectorWiring};
+use vpp_actors::live::dispatch::{DispatchLogic, DispatchWiring};
+use vpp_actors::live::messages::{MdConflator, MdSender, ToDispatch, ToOms, ToRisk, ToStrategy};
+use vpp_actors::live::oms::{OmsLogic, OmsWiring, SharedLedger};
+use vpp_actors::live::risk::{RiskLogic, RiskWiring};
+use vpp_actors::live::strategy::{StrategyLogic, StrategyWiring};
+use vpp_actors::live::{recovery, strategies, StrategyRoutes};
+use vpp_actors::metrics::{names as metric_names, MetricsSnapshot, Stage};
+use vpp_actors::{BoundedSender, Runtime, SupervisedActor, SupervisorSpec};
+use vpp_engine::aggregation::ResourceFeed;
+use vpp_engine::clock::Clock;
+use vpp_engine::dispatch::{DispatchFleet, DispatchUnitSpec, UnitState};
+use vpp_engine::ids::{AggregationId, ClientOrderId, StrategyId};
+use vpp_engine::ledger::OrderLedger;
+use vpp_engine::market::MarketKind;
+use vpp_engine::strategy::{timers_due, HostConfig, StrategyInit, StrategyParams, Timer};
+use vpp_engine::Timestamp;
+use vpp_market_adapters::client::{AdapterConfig, ConnectionState, VenueAdapter, WsAdapter};
+use vpp_market_adapters::protocol::Channel;
+use vpp_persistence::{AuditEntry, JournalConfig, Store};
+use vpp_risk::{RiskConfig, RiskEngine};
+
+/// How `vpp run` runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Simulated seconds per real second.
+    pub speed: u32,
+    /// Anchor of the sped-up clock (default: now). Give the same one to `vpp market-sim`.
+    pub clock_anchor: Option<Timestamp>,
+    /// Stop by itself after this much real time.
+    pub run_for: Option<Duration>,
+    /// An external venue (`vpp market-sim`); none: the built-in simulator on loopback.
+    pub venue_url: Option<String>,
+    pub api_key: String,
+    /// Cancel open orders at shutdown (default) or keep them working at the venue.
+    pub cancel_on_shutdown: bool,
+    /// Real time between status lines.
+    pub status_every: Duration,
+    /// Where the latency snapshot for `vpp latency` is written.
+    pub data_dir: PathBuf,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            speed: 1,
+            clock_anchor: None,
+            run_for: None,
+            venue_url: None,
+            api_key: venue::DEMO_API_KEY.to_owned(),
+            cancel_on_shutdown: true,
+            status_every: Duration::from_secs(3),
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// Name of the latency snapshot file under the data directory.
+pub const LATENCY_FILE: &str = "latency.json";
+
+/// The data directory of a database URL: the SQLite file's directory, else `./data`.
+pub fn data_dir_of(database_url: &str) -> PathBuf {
+    database_url
+        .strip_prefix("sqlite://")
+        .and_then(|p| Path::new(p).parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("data"), Path::to_path_buf)
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The strategy owning a client order id `s<strategy>b<epoch>-<n>`.
+pub fn strategy_of(id: &ClientOrderId) -> Option<StrategyId> {
+    let rest = id.as_str().strip_prefix('s')?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().map(StrategyId)
+}
+
+/// Runs the daemon; returns after a graceful shutdown.
+pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<()> {
+    let anchor = opts.clock_anchor.unwrap_or_else(chrono::Utc::now);
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(anchor, opts.speed));
+    let rt = Runtime::new(Arc::clone(&clock));
+    tracing::info!(speed = opts.speed, simulated_now = %clock.now(), "clock");
+
+    let in_process = match &opts.venue_url {
+        Some(_) => None,
+        None => {
+            let listen = park
+                .daemon
+                .venue_listen
+                .parse()
+                .context("daemon.venue_listen must be HOST:PORT, e.g. 127.0.0.1:0")?;
+            let cfg = venue::venue_config(&park, listen);
+            Some(venue::InProcessVenue::start(cfg, Arc::clone(&clock))?)
+        }
+    };
+    let url = opts
+        .venue_url
+        .clone()
+        .or_else(|| in_process.as_ref().map(|v| v.url.clone()))
+        .unwrap_or_default();
+    tracing::info!(%url, in_process = in_process.is_some(), "venue");
+
+    for market in &park.markets {
+        store
+            .upsert_market(market)
+            .await
+            .context("cannot store the markets")?;
+    }
+
+    // 1. Journal replay.
+    let metrics = rt.metrics.clone();
+    let commit_lag = metrics.latency(Stage::JournalCommitLag, "journal");
+    let journal_cfg = JournalConfig {
+        on_commit: Some(Arc::new(move |b: &vpp_persistence::BatchCommitted| {
+            commit_lag.record(b.commit_latency);
+        })),
+        ..JournalConfig::default()
+    };
+    let started = store
+        .start_journal(journal_cfg)
+        .await
+        .context("cannot start the order journal")?;
+    let journal = started.writer;
+    let mut ledger = started.ledger;
+    tracing::info!(
+        events = started.replay.events,
+        failed = started.replay.failed,
+        orders = ledger.orders().count(),
+        positions = ledger.positions().len(),
+        "journal replayed"
+    );
+
+    // 2. Boot epoch.
+    let epoch = store
+        .insert_audit(&AuditEntry {
+            id: 0,
+            at: chrono::Utc::now(),
+            actor: "system".into(),
+            action: "daemon.boot".into(),
+            target: "daemon".into(),
+            outcome: "ok".into(),
+            detail: serde_json::json!({ "speed": opts.speed, "venue": url }),
+        })
+        .await
+        .context("cannot record the boot in the audit log")?;
+
+    // 3. Reconcile with the venue before anything trades.
+    let symbols: HashMap<String, vpp_engine::ids::MarketId> = park
+        .markets
+        .iter()
+        .map(|m| (m.name.clone(), m.id))
+        .collect();
+    let specs: HashMap<StrategyId, StrategySpec> =
+        park.strategies.iter().map(|s| (s.id, s.clone())).collect();
+    let owner = |id: &ClientOrderId| -> Option<(Option<StrategyId>, AggregationId)> {
+        let sid = strategy_of(id)?;
+        specs.get(&sid).map(|s| (Some(sid), s.aggregation_id))
+    };
+    let rec = recovery::reconcile(
+        &url,
+        &opts.api_key,
+        &ledger,
+        &symbols,
+        &owner,
+        clock.now(),
+        Duration::from_secs(10),
+    )
+    .await
+    .context("start-up reconciliation with the venue failed")?;
+    for event in &rec.events {
+        if let Err(e) = ledger.apply(event) {
+            tracing::warn!(error = %e, "reconciled event does not apply");
+            continue;
+        }
+        journal
+            .submit(event.clone())
+            .await
+            .context("cannot journal a reconciled event")?;
+    }
+    journal
+        .flush()
+        .await
+        .context("cannot commit the reconciled events")?;
+    tracing::info!(
+        epoch,
+        adopted = rec.adopted,
+        reports = rec.reports,
+        unadoptable = rec.unadoptable.len(),
+        account_seq = rec.account_seq,
+        "reconciled with the venue"
+    );
+
+    // 4. Core actors and the venue session.
+    let live = start_core(
+        &park,
+        &rt,
+        &clock,
+        ledger,
+        journal.clone(),
+        &url,
+        &opts,
+        rec.account_seq,
+    )
+    .await?;
+
+    // 5. Strategies, then the park and the timers that drive them.
+    let mut live = live;
+    start_strategies(&park, &rt, &clock, &live, epoch)?;
+    tracing::info!(
+        strategies = park.strategies.iter().filter(|s| s.enabled).count(),
+        "trading"
+    );
+    let sim = park::build(&park, 7)?;
+    if let Some(rx) = live.setpoints_rx.take() {
+        actix::spawn(park::run(
+            sim,
+            Arc::clone(&clock),
+            live.telemetry.clone(),
+            rx,
+        ));
+    }
+    let timers = actix::spawn(timer_loop(
+        park.markets.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&live.routes),
+        live.dispatch.clone(),
+        live.risk.clone(),
+    ));
+
+    let status = actix::spawn(status_loop(
+        rt.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&live.ledger),
+        opts.status_every,
+        opts.data_dir.clone(),
+    ));
+    match opts.run_for {
+        Some(d) => {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => tracing::info!("run time elapsed; shutting down"),
+                _ = shutdown_signal() => tracing::info!("signal received; shutting down"),
+            }
+        }
+        None => {
+            shutdown_signal().await;
+            tracing::info!("signal received; shutting down");
+        }
+    }
+    status.abort();
+    timers.abort();
+    shutdown(live, &journal, &opts).await;
+    write_latency(&rt.metrics.snapshot(), &opts.data_dir);
+    drop(in_process);
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Handles of the running core.
+struct Live {
+    ledger: SharedLedger,
+    routes: StrategyRoutes,
+    oms: BoundedSender<ToOms>,
+    risk: BoundedSender<ToRisk>,
+    md: Arc<RwLock<Vec<MdSender>>>,
+    dispatch: Vec<BoundedSender<ToDispatch>>,
+    adapter: Arc<WsAdapter>,
+    setpoints: mpsc::Sender<vpp_actors::live::dispatch::Setpoint>,
+    setpoints_rx: Option<mpsc::Receiver<vpp_actors::live::dispatch::Setpoint>>,
+    telemetry: Vec<BoundedSender<vpp_actors::live::messages::TelemetryBatch>>,
+}
+
+fn risk_engine(park: &Park) -> anyhow::Result<RiskEngine> {
+    let cfg: RiskConfig = toml::Value::Table(park.risk.clone())
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("{}: risk: {e}", park.source))?;
+    let mut engine = RiskEngine::new(cfg).map_err(|e| anyhow::anyhow!("{}: {e}", park.source))?;
+    for m in &park.markets {
+        engine
+            .register_market(m.clone())
+            .map_err(|e| anyhow::anyhow!("{}: markets: {e}", park.source))?;
+    }
+    Ok(engine)
+}
+
+fn core_spec(name: &str, capacity: usize) -> SupervisorSpec {
+    let actor = name.to_owned();
+    SupervisorSpec::new(name)
+        .mailbox_capacity(capacity)
+        .on_escalation(move |e| {
+            tracing::error!(actor = %actor, cause = %e.cause, "core actor halted: daemon degraded");
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_core(
+    park: &Park,
+    rt: &Runtime,
+    clock: &Arc<dyn Clock>,
+    ledger: OrderLedger,
+    journal: vpp_persistence::JournalWriter,
+    url: &str,
+    opts: &RunOptions,
+    account_seq: u64,
+) -> anyhow::Result<Live> {
+    let routes: StrategyRoutes = Arc::new(Mutex::new(HashMap::new()));
+    let open_orders: Vec<_> = ledger.open_orders().cloned().collect();
+    let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
+    let (conn_tx, conn_rx) = mpsc::channel(1_024);
+    let (sp_tx, sp_rx) = mpsc::channel(4_096);
+
+    // Dispatch actors, one per aggregation.
+    let mut dispatch = Vec::new();
+    let mut telemetry = Vec::new();
+    for agg in park.aggregations.aggregations() {
+        let mut members = Vec::new();
+        for m in &agg.members {
+            let Some(r) = park.resources.iter().find(|r| r.id == m.resource_id) else {
+                continue;
+            };
+            let t = park.templates.version(r.template_id, r.template_version)?;
+            members.push((
+                DispatchUnitSpec::from_params(r.id, m.share_pct, &t.params),
+                UnitState::OFFLINE,
+            ));
+        }
+        let fleet = DispatchFleet::new(agg.id, members)
+            .map_err(|e| anyhow::anyhow!("aggregation {}: dispatch fleet: {e}", agg.name))?;
+        let w = DispatchWiring {
+            aggregation_id: agg.id,
+            name: agg.name.clone(),
+            clock: Arc::clone(clock),
+            metrics: rt.metrics.clone(),
+            setpoints: sp_tx.clone(),
+        };
+        let handle = SupervisedActor::new(
+            core_spec(&format!("dispatch/{}", agg.name), 1_024),
+            rt.clone(),
+            DispatchLogic::new(fleet, w),
+            |s: &DispatchLogic| Ok(s.clone()),
+        )?
+        .start();
+        dispatch.push(handle.sender());
+        telemetry.push(handle.sender());
+    }
+
+    // OMS and risk address each other: risk's sender reaches the OMS through a slot.
+    let risk_slot = Arc::new(OnceLock::new());
+    let oms_w = OmsWiring {
+        ledger: Arc::clone(&ledger),
+        journal,
+        connector: conn_tx,
+        risk: Arc::clone(&risk_slot),
+        strategies: Arc::clone(&routes),
+        dispatch: dispatch.clone(),
+        clock: Arc::clone(clock),
+        metrics: rt.metrics.clone(),
+    };
+    let rebuild_w = oms_w.clone();
+    let oms = SupervisedActor::new(
+        core_spec("oms", 4_096),
+        rt.clone(),
+        OmsLogic::new(oms_w),
+        // The ledger is shared and each apply is atomic: the rebuilt OMS continues from it.
+        move |_: &SharedLedger| Ok(OmsLogic::new(rebuild_w.clone())),
+    )?
+    .start();
+    let risk_w = RiskWiring {
+        engine: Arc::new(Mutex::new(risk_engine(park)?)),
+        clock: Arc::clone(clock),
+        oms: oms.sender(),
+        strategies: Arc::clone(&routes),
+        metrics: rt.metrics.clone(),
+    };
+    let rebuild_w = risk_w.clone();
+    let risk = SupervisedActor::new(
+        core_spec("risk", 4_096),
+        rt.clone(),
+        RiskLogic::new(risk_w),
+        move |_: &vpp_actors::live::risk::SharedRisk| Ok(RiskLogic::new(rebuild_w.clone())),
+    )?
+    .start();
+    let _ = risk_slot.set(risk.sender());
+
+    // Aggregation actors.
+    for agg in park.aggregations.aggregations() {
+        let Some(state) = park.aggregations.aggregation_state(agg.id).cloned() else {
+            continue;
+        };
+        let mut feeds = HashMap::new();
+        for m in &agg.members {
+            let Some(r) = park.resources.iter().find(|r| r.id == m.resource_id) else {
+                continue;
+            };
+            let t = park.templates.version(r.template_id, r.template_version)?;
+            feeds.insert(r.id, ResourceFeed::from_resource(r, &t.params));
+        }
+        let w = AggregationWiring {
+            clock: Arc::clone(clock),
+            metrics: rt.metrics.clone(),
+            risk: risk.sender(),
+            routes: Arc::clone(&routes),
+            strategies: park
+                .strategies
+                .iter()
+                .filter(|s| s.aggregation_id == agg.id && s.enabled)
+                .map(|s| s.id)
+                .collect(),
+        };
+        let handle = SupervisedActor::new(
+            core_spec(&format!("aggregation/{}", agg.name), 256),
+            rt.clone(),
+            AggregationLogic::new(state, feeds, w),
+            |s: &AggregationLogic| Ok(s.clone()),
+        )?
+        .start();
+        telemetry.push(handle.sender());
+    }
+
+    // The venue session and its connector.
+    let cfg = AdapterConfig {
+        venue: "venue".into(),
+        url: url.to_owned(),
+        api_key: opts.api_key.clone(),
+        markets: venue::market_mappings(park),
+        ..AdapterConfig::default()
+    };
+    let (adapter, events) = WsAdapter::connect(cfg, Arc::clone(clock));
+    adapter
+        .restore(open_orders, account_seq)
+        .await
+        .map_err(|e| anyhow::anyhow!("venue adapter: {e}"))?;
+    for m in &park.markets {
+        let mut channels = vec![Channel::Prices];
+        match m.kind {
+            MarketKind::RealTime | MarketKind::CapacityLease => channels.push(Channel::Book),
+            MarketKind::DayAhead => channels.push(Channel::AuctionResults),
+            _ => {}
+        }
+        for ch in channels {
+            adapter
+                .subscribe(ch, &m.name)
+                .await
+                .map_err(|e| anyhow::anyhow!("subscribe {ch:?} {}: {e}", m.name))?;
+        }
+    }
+    let adapter = Arc::new(adapter);
+    let md = Arc::new(RwLock::new(Vec::new()));
+    let symbols = park
+        .markets
+        .iter()
+        .map(|m| (m.name.clone(), m.id))
+        .collect();
+    let wiring = ConnectorWiring {
+        venue: "venue".into(),
+        clock: Arc::clone(clock),
+        metrics: rt.metrics.clone(),
+        health: rt.health.clone(),
+        oms: oms.recipient(),
+        risk: risk.sender(),
+        strategies: Arc::clone(&md),
+        symbols,
+    };
+    actix::spawn(run_connector(wiring, Arc::clone(&adapter), events, conn_rx));
+    let mut state = adapter.state_watch();
+    let live = tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| *s == ConnectionState::Live),
+    )
+    .await;
+    if !matches!(live, Ok(Ok(_))) {
+        anyhow::bail!("the venue session at {url} did not become live within 30 s");
+    }
+    Ok(Live {
+        ledger,
+        routes,
+        oms: oms.sender(),
+        risk: risk.sender(),
+        md,
+        dispatch,
+        adapter,
+        setpoints: sp_tx,
+        setpoints_rx: Some(sp_rx),
+        telemetry,
+    })
+}
+
+fn strategy_init(park: &Park, spec: &StrategySpec) -> anyhow::Result<StrategyInit> {
+    let market = park
+        .markets
+        .iter()
+        .find(|m| m.id == spec.market_id)
+        .cloned()
+        .with_context(|| format!("strategy {}: market {}", spec.name, spec.market_id))?;
+    let json = serde_json::to_value(&spec.params)
+        .with_context(|| format!("strategy {}: params", spec.name))?;
+    let params = StrategyParams::from_json(&json)
+        .map_err(|e| anyhow::anyhow!("strategy {}: {e}", spec.name))?;
+    Ok(StrategyInit {
+        strategy_id: spec.id,
+        name: spec.name.clone(),
+        kind: spec.kind.clone(),
+        aggregation_id: spec.aggregation_id,
+        market,
+        params,
+    })
+}
+
+fn start_strategies(
+    park: &Park,
+    rt: &Runtime,
+    clock: &Arc<dyn Clock>,
+    live: &Live,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    let registry = Arc::new(strategies::registry());
+    let ledger = live
+        .ledger
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    for spec in park.strategies.iter().filter(|s| s.enabled) {
+        let init = strategy_init(park, spec)?;
+        let mut host = HostConfig::new(spec.id, spec.aggregation_id);
+        host.id_prefix = Some(format!("s{}b{epoch}", spec.id));
+        let name = format!("strategy/{}", spec.name);
+        let md = MdConflator::new(name.as_str().into(), 4_096, &rt.metrics);
+        let wiring = StrategyWiring {
+            init,
+            host,
+            registry: Arc::clone(&registry),
+            clock: Arc::clone(clock),
+            risk: live.risk.clone(),
+            md: md.clone(),
+            metrics: rt.metrics.clone(),
+            issued: Arc::new(AtomicU64::new(0)),
+        };
+        let logic = StrategyLogic::new(wiring.clone(), |host| {
+            for o in ledger.orders() {
+                if o.request.strategy_id == Some(spec.id) {
+                    host.observe_client_ids([o.id()]);
+                    let _ = host.adopt_order(o);
+                }
+            }
+            for (k, p) in ledger.positions() {
+                host.adopt_position(*k, p.clone());
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("strategy {}: {e}", spec.name))?;
+        let oms = live.oms.clone();
+        let sid = spec.id;
+        let supervisor = SupervisorSpec::new(name.as_str())
+            .mailbox_capacity(1_024)
+            .on_escalation(move |e| {
+                tracing::error!(actor = %e.actor, cause = %e.cause,
+                    "strategy halted past its restart limit; cancelling its orders");
+                if let Err(err) = oms.try_send(ToOms::HaltStrategy(sid)) {
+                    tracing::error!(error = %err, "halt could not reach the OMS");
+                }
+            });
+        let rebuild_w = wiring.clone();
+        let handle = SupervisedActor::new(supervisor, rt.clone(), logic, move |snap| {
+            StrategyLogic::rebuild(rebuild_w.clone(), snap)
+        })?
+        .start();
+        live.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(spec.id, handle.sender());
+        live.md
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(md.sender(handle.recipient()));
+    }
+    Ok(())
+}
+
+async fn timer_loop(
+    markets: Vec<vpp_engine::market::Market>,
+    clock: Arc<dyn Clock>,
+    routes: StrategyRoutes,
+    dispatch: Vec<BoundedSender<ToDispatch>>,
+    risk: BoundedSender<ToRisk>,
+) {
+    let lead = chrono::Duration::minutes(30);
+    let mut last = clock.now();
+    let mut due = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let now = clock.now();
+        due.clear();
+        last = timers_due(&markets, lead, last, now, &mut due);
+        let _ = risk.try_send(ToRisk::Tick(now));
+        if due.is_empty() {
+            continue;
+        }
+        let targets: Vec<BoundedSender<ToStrategy>> = routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for timer in &due {
+            for t in &targets {
+                if let Err(e) = t.try_send(ToStrategy::Timer(*timer)) {
+                    tracing::warn!(error = %e, "timer not delivered");
+                }
+            }
+            if let Timer::IntervalStart { interval } = timer {
+                for d in &dispatch {
+                    let _ = d.try_send(ToDispatch::IntervalStart(*interval));
+                }
+            }
+        }
+    }
+}
+
+fn sum_counters(m: &MetricsSnapshot, name: &str) -> u64 {
+    m.counters
+        .iter()
+        .filter(|c| c.name == name)
+        .map(|c| c.value)
+        .sum()
+}
+
+fn status_line(m: &MetricsSnapshot, ledger: &SharedLedger, now: Timestamp) -> String {
+    let connected: i64 = m
+        .gauges
+        .iter()
+        .filter(|g| g.name == "vpp_venue_connected")
+        .map(|g| g.value)
+        .sum();
+    let (open, positions) = {
+        let l = ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        (l.open_orders().count(), l.positions().len())
+    };
+    let p99 = m
+        .latency(Stage::OmsToWire, "tick_to_order")
+        .map_or_else(|| "-".to_owned(), |s| format!("{:.0}us", s.p99_us));
+    format!(
+        "sim {} | connections {connected} | orders {} (open {open}) | fills {} | positions {positions} | p99 tick-to-order {p99} | restarts {}",
+        now.format("%Y-%m-%d %H:%M"),
+        sum_counters(m, metric_names::ORDERS_TOTAL),
+        sum_counters(m, vpp_actors::live::oms::names::FILLS_TOTAL),
+        sum_counters(m, metric_names::RESTARTS_TOTAL),
+    )
+}
+
+async fn status_loop(
+    rt: Runtime,
+    clock: Arc<dyn Clock>,
+    ledger: SharedLedger,
+    every: Duration,
+    data_dir: PathBuf,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let snapshot = rt.metrics.snapshot();
+        tracing::info!(target: "vpp::status", "{}", status_line(&snapshot, &ledger, clock.now()));
+        write_latency(&snapshot, &data_dir);
+    }
+}
+
+/// Writes the metrics snapshot `vpp latency` prints (atomically: temp file, then rename).
+fn write_latency(snapshot: &MetricsSnapshot, data_dir: &Path) {
+    let path = data_dir.join(LATENCY_FILE);
+    let tmp = data_dir.join(format!("{LATENCY_FILE}.tmp"));
+    let result = serde_json::to_vec(snapshot)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| std::fs::write(&tmp, bytes).map_err(|e| e.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the latency snapshot");
+    }
+}
+
+/// Reads the snapshot a running (or the last) daemon wrote.
+pub fn read_latency(data_dir: &Path) -> anyhow::Result<MetricsSnapshot> {
+    let path = data_dir.join(LATENCY_FILE);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read {}: is `vpp run` running with this data directory?",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a snapshot", path.display()))
+}
+
+async fn shutdown(live: Live, journal: &vpp_persistence::JournalWriter, opts: &RunOptions) {
+    // No new orders from here on, whatever the strategies still decide.
+    let kill = ToRisk::KillAll {
+        reason: "daemon shutdown".into(),
+    };
+    if let Err(e) = live.risk.try_send(kill) {
+        tracing::error!(error = %e, "kill switch could not reach risk");
+    }
+    if opts.cancel_on_shutdown {
+        let reason = "daemon shutdown".to_owned();
+        if let Err(e) = live.oms.try_send(ToOms::CancelAll { reason }) {
+            tracing::error!(error = %e, "cancel-all could not reach the OMS");
+        }
+        // Give the cancels time to reach the venue (behind any orders the venue's rate limit
+        // holds) and their reports to come back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let open = live
+                .ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .open_orders()
+                .count();
+            if open == 0 {
+                break;
+            }
+        }
+    } else {
+        tracing::info!("keeping open orders working at the venue");
+    }
+    live.routes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
+    live.adapter.shutdown().await;
+    drop(live.setpoints);
+    match journal.flush().await {
+        Ok(seq) => tracing::info!(committed_seq = seq, "journal flushed"),
+        Err(e) => tracing::error!(error = %e, "journal flush failed"),
+    }
+}
