@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use vpp::config::Park;
 use vpp_persistence::Store;
 
+mod backtest;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vpp",
@@ -115,6 +117,7 @@ enum Command {
         file: PathBuf,
     },
     /// Replay historical prices through the strategy, risk and OMS code (deterministic).
+    Backtest(backtest::BacktestArgs),
     /// Apply the database migrations and exit.
     Migrate {
         #[arg(long)]
@@ -154,6 +157,7 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
 fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Backtest(args) => backtest::run(args),
         Command::Migrate {
             config,
             database_url,
