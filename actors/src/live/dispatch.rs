@@ -22,6 +22,10 @@ use vpp_engine::position::Position;
 pub const MAX_INTERVALS: usize = 1_000;
 const INTERVAL_H: Decimal = Decimal::from_parts(25, 0, 0, false, 2);
 
+/// Seconds of ramping a setpoint may assume (dispatch happens as the interval starts, so the
+/// resources ramp within its first minutes).
+const RAMP_WINDOW_S: Decimal = Decimal::from_parts(300, 0, 0, false, 0);
+
 /// A setpoint for the park: resource, kW.
 pub type Setpoint = (ResourceId, Decimal);
 
@@ -76,7 +80,7 @@ impl DispatchLogic {
                 award_mw,
             },
             method: DispatchMethod::ProRata,
-            ramp_window_s: Decimal::ZERO,
+            ramp_window_s: RAMP_WINDOW_S,
             at: self.w.clock.now(),
         };
         match self.fleet.dispatch(&request) {
