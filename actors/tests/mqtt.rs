@@ -493,3 +493,66 @@ async fn reconnects_and_restores_the_subscription_after_a_drop() {
     proxy.accept.abort();
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sink_is_counted_and_never_stalls_ingest() {
+    let Some((host, port)) = broker().await else {
+        return;
+    };
+    let root = format!("{}/vpp", unique("full"));
+    let mut registry = ResourceRegistry::new(&root, 4).unwrap();
+    registry.insert(SITE, "PV 1", PV).unwrap();
+    let registry = Arc::new(registry);
+    let metrics = Metrics::new();
+    let ingestor = Ingestor::new(
+        registry.clone(),
+        Arc::new(SystemClock::new()),
+        IngestConfig::default(),
+        &metrics,
+        "mqtt",
+    );
+    // A sink that is already full: every delivery is refused until the filler is taken.
+    let (tx, mut rx) = mpsc::channel::<Vec<TelemetrySample>>(1);
+    tx.try_send(Vec::new()).unwrap();
+    let config = MqttConfig::new(&host, port, &unique("full-ingest"));
+    let ingest = MqttTelemetry::spawn(config, ingestor, tx, &metrics);
+    let device = TestClient::start(&host, port, &unique("full-dev")).await;
+    eventually("ingest subscribed", || {
+        ingest.status().subscriptions_acked >= 1
+    })
+    .await;
+    let topic = registry.topic(SITE, "PV 1", TopicKind::Telemetry);
+    let now = chrono::Utc::now();
+    for i in 0..5 {
+        let at = now + chrono::Duration::milliseconds(i);
+        device.publish(&topic, telemetry("1", None, at)).await;
+    }
+    let counter = |reason: &str| {
+        metrics
+            .snapshot()
+            .counter(REJECTED_TOTAL, &[("source", "mqtt"), ("reason", reason)])
+            .unwrap_or(0)
+    };
+    eventually("five refused by the full sink", || {
+        counter("sink_full") == 5
+    })
+    .await;
+    assert!(ingest.status().batches_refused >= 1);
+
+    assert_eq!(rx.recv().await, Some(Vec::new()), "the filler");
+    device
+        .publish(
+            &topic,
+            telemetry("2", None, now + chrono::Duration::seconds(1)),
+        )
+        .await;
+    let batch = tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("ingest still delivers after refusals")
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].telemetry.power_kw, d("2"));
+    assert_eq!(ingest.status().connects, 1);
+    device.stop();
+    ingest.shutdown(Duration::from_secs(2)).await;
+}

@@ -17,6 +17,19 @@
 //! - [`apply`]: a small consumer applying samples to an engine `AggregationBook` and recording
 //!   `telemetry_to_capacity` (tests, bench; the daemon uses its Aggregation actors instead).
 //!
+//! Wiring in the daemon (the Aggregation actors take `TelemetryBatch`; give the ingestor the
+//! same clock they use, so `produced_ns` and their `telemetry_to_capacity` agree):
+//! ```ignore
+//! let registry = Arc::new(ResourceRegistry::from_resources("vpp", park.resources.iter())?);
+//! let ingestor = Ingestor::new(registry, clock.clone(), IngestConfig::default(), &metrics, "mqtt");
+//! let sink = ActorFanOut::new(telemetry_senders, |batch: &[TelemetrySample]| TelemetryBatch {
+//!     samples: batch.iter().map(|s| (s.resource_id, s.telemetry.clone())).collect(),
+//!     produced_ns: batch.iter().map(|s| s.received_ns).min().unwrap_or(0),
+//! });
+//! let mqtt = MqttTelemetry::spawn(MqttConfig::new("127.0.0.1", 1883, "vpp-1"), ingestor, sink, &metrics);
+//! let setpoints = mqtt.setpoints(); // setpoints.publish(id, kw, Some(interval), clock.now())
+//! ```
+//!
 //! Invariants: a bad payload is counted and dropped, never panics and never blocks ingest;
 //! everything fed from outside is bounded (payload bytes, registry size, request channel,
 //! batch size); decimals never pass through `f64`.
