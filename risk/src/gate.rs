@@ -63,3 +63,76 @@ impl PreTradeGate for RiskEngine {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RiskConfig;
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use vpp_engine::aggregation::AggregatedCapacity;
+    use vpp_engine::backtest::BacktestConfig;
+    use vpp_engine::ids::AggregationId;
+    use vpp_engine::market::DeliveryInterval;
+    use vpp_engine::order::{Side, TimeInForce};
+
+    fn request(
+        id: &str,
+        market: vpp_engine::ids::MarketId,
+        interval: DeliveryInterval,
+    ) -> OrderRequest {
+        OrderRequest {
+            client_order_id: ClientOrderId::new(id).unwrap(),
+            strategy_id: Some(StrategyId(1)),
+            aggregation_id: AggregationId(1),
+            market_id: market,
+            product: vpp_engine::market::Product::Energy,
+            interval,
+            side: Side::Sell,
+            quantity_mw: Decimal::ONE,
+            price_cny_per_mwh: Decimal::from(300),
+            time_in_force: TimeInForce::Ioc,
+        }
+    }
+
+    #[test]
+    fn the_gate_runs_the_risk_checks_and_the_kill_switch() {
+        let day = NaiveDate::from_ymd_opt(2023, 6, 1).unwrap();
+        let cfg = BacktestConfig::new(day, day, 1);
+        let [_, rt] = cfg.markets();
+        let mut risk = RiskEngine::new(RiskConfig::default()).unwrap();
+        let now = Utc.with_ymd_and_hms(2023, 6, 1, 10, 0, 0).unwrap();
+        let next = DeliveryInterval::containing(now).next();
+        let gate: &mut dyn PreTradeGate = &mut risk;
+        let err = gate
+            .evaluate(&request("a-1", rt.id, next), now)
+            .unwrap_err();
+        assert_eq!(err.code, "unknown_market");
+
+        risk.register_market(rt.clone()).unwrap();
+        let gate: &mut dyn PreTradeGate = &mut risk;
+        let err = gate
+            .evaluate(&request("a-2", rt.id, next), now)
+            .unwrap_err();
+        assert_eq!(err.code, "capacity_headroom", "{}", err.message);
+        let update = CapacityUpdate {
+            aggregation_id: AggregationId(1),
+            capacity: AggregatedCapacity {
+                up_flex_kw: Decimal::from(1000),
+                down_flex_kw: Decimal::from(1000),
+                energy_kwh: Decimal::ZERO,
+                charge_headroom_kwh: Decimal::ZERO,
+                available_resources: 1,
+            },
+            storage: None,
+            at: now,
+        };
+        gate.on_capacity(&update, &BatterySpec::default(), now);
+        assert_eq!(gate.evaluate(&request("a-3", rt.id, next), now), Ok(()));
+        let cancel = gate.engage_kill_switch(StrategyId(1), "test", now);
+        assert_eq!(cancel, vec![ClientOrderId::new("a-3").unwrap()]);
+        let err = gate
+            .evaluate(&request("a-4", rt.id, next), now)
+            .unwrap_err();
+        assert_eq!(err.code, "kill_switch");
+    }
+}
