@@ -19,7 +19,7 @@
 //!
 //! Wiring in the daemon (the Aggregation actors take `TelemetryBatch`; give the ingestor the
 //! same clock they use, so `produced_ns` and their `telemetry_to_capacity` agree):
-//! ```ignore
+//! ```text
 //! let registry = Arc::new(ResourceRegistry::from_resources("vpp", park.resources.iter())?);
 //! let ingestor = Ingestor::new(registry, clock.clone(), IngestConfig::default(), &metrics, "mqtt");
 //! let sink = ActorFanOut::new(telemetry_senders, |batch: &[TelemetrySample]| TelemetryBatch {
