@@ -556,3 +556,54 @@ async fn a_full_sink_is_counted_and_never_stalls_ingest() {
     device.stop();
     ingest.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_retried_and_setpoints_are_refused_meanwhile() {
+    // A port nobody listens on: bind, note it, close.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut registry = ResourceRegistry::new("vpp", 4).unwrap();
+    registry.insert(SITE, "PV 1", PV).unwrap();
+    let metrics = Metrics::new();
+    let ingestor = Ingestor::new(
+        Arc::new(registry),
+        Arc::new(SystemClock::new()),
+        IngestConfig::default(),
+        &metrics,
+        "mqtt",
+    );
+    let (tx, _rx) = mpsc::channel::<Vec<TelemetrySample>>(4);
+    let mut config = MqttConfig::new("127.0.0.1", port, &unique("down"));
+    config.backoff_initial = Duration::from_millis(5);
+    config.backoff_max = Duration::from_millis(20);
+    let ingest = MqttTelemetry::spawn(config, ingestor, tx, &metrics);
+    eventually("several failed connection attempts", || {
+        ingest.status().connection_errors >= 3
+    })
+    .await;
+    let status = ingest.status();
+    assert!(!status.connected);
+    assert_eq!(status.connects, 0);
+    assert_eq!(
+        ingest
+            .setpoints()
+            .publish(PV, d("5"), None, chrono::Utc::now()),
+        Err(SetpointError::NotConnected(PV))
+    );
+    let refused = metrics
+        .snapshot()
+        .counters
+        .iter()
+        .filter(|c| {
+            c.name == vpp_actors::telemetry::mqtt::SETPOINTS_TOTAL
+                && c.labels
+                    .iter()
+                    .any(|(k, v)| k == "result" && v == "refused")
+        })
+        .map(|c| c.value)
+        .sum::<u64>();
+    assert_eq!(refused, 1);
+    ingest.shutdown(Duration::from_secs(1)).await;
+}
