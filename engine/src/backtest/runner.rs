@@ -62,6 +62,9 @@ struct Slot {
     energy_mwh: Decimal,
     out: SlotOutcome,
     killed: bool,
+    /// The last capacity update, rebuilt only when the energy changed (Decimal division is
+    /// the dearest thing on the per-step path).
+    capacity: Option<CapacityUpdate>,
 }
 
 /// Work queued within a step.
@@ -83,6 +86,10 @@ struct Run<'a> {
     /// Real-time depth already taken, per interval and side.
     rt_taken: BTreeMap<(DeliveryInterval, bool), Decimal>,
     queue: VecDeque<Work>,
+    /// Reused timer buffer.
+    timers: Vec<Timer>,
+    /// The last real-time book computed (each interval's is asked for at least twice).
+    rt_cache: Option<(DeliveryInterval, (Decimal, Decimal, Decimal))>,
     /// When each trading day's forecasts go out, and when its auction clears.
     forecast_at: BTreeMap<Timestamp, NaiveDate>,
     clear_at: BTreeMap<Timestamp, NaiveDate>,
@@ -154,6 +161,7 @@ impl<'a> Run<'a> {
                 energy_mwh,
                 out: SlotOutcome::default(),
                 killed: false,
+                capacity: None,
             });
         }
         let mut run = Self {
@@ -167,6 +175,8 @@ impl<'a> Run<'a> {
             resting: BTreeMap::new(),
             rt_taken: BTreeMap::new(),
             queue: VecDeque::new(),
+            rt_cache: None,
+            timers: Vec::with_capacity(4),
             forecast_at: BTreeMap::new(),
             clear_at: BTreeMap::new(),
             seq: 0,
@@ -219,13 +229,18 @@ impl<'a> Run<'a> {
         self.deliver(DeliveryInterval::containing(t - STEP));
         self.gate.on_tick(t);
         for k in 0..self.slots.len() {
-            let update = self.capacity_of(k, t);
-            let battery = self.slots[k].battery.clone();
+            let update = match self.slots[k].capacity {
+                Some(c) if c.capacity.energy_kwh == self.slots[k].energy_mwh * dec!(1000) => {
+                    CapacityUpdate { at: t, ..c }
+                }
+                _ => self.capacity_of(k, t),
+            };
+            self.slots[k].capacity = Some(update);
             let mut for_gate = update;
             if !self.cfg.gate_storage_budget {
                 for_gate.storage = None;
             }
-            self.gate.on_capacity(&for_gate, &battery, t);
+            self.gate.on_capacity(&for_gate, &self.slots[k].battery, t);
             self.callback(k, t, |h| h.on_capacity(t, &update))?;
         }
         if let Some(day) = self.forecast_at.get(&t).copied() {
@@ -345,11 +360,18 @@ impl<'a> Run<'a> {
         da + Decimal::new(rng.gen_range(-cents..=cents), 2)
     }
 
-    fn rt_book(&self, interval: DeliveryInterval) -> Option<(Decimal, Decimal, Decimal)> {
+    fn rt_book(&mut self, interval: DeliveryInterval) -> Option<(Decimal, Decimal, Decimal)> {
+        if let Some((cached, book)) = self.rt_cache {
+            if cached == interval {
+                return Some(book);
+            }
+        }
         let da = self.prices.get(interval)?;
         let mid = self.rt_mid(interval, da);
         let half = self.cfg.real_time.half_spread_cny_per_mwh;
-        Some((mid - half, mid, mid + half))
+        let book = (mid - half, mid, mid + half);
+        self.rt_cache = Some((interval, book));
+        Some(book)
     }
 
     fn publish_real_time(
@@ -388,20 +410,25 @@ impl<'a> Run<'a> {
     }
 
     fn fire_timers(&mut self, t: Timestamp) -> Result<(), BacktestError> {
-        let mut timers = Vec::new();
+        let mut timers = std::mem::take(&mut self.timers);
+        timers.clear();
         let lead = Duration::minutes(i64::from(self.cfg.gate_lead_minutes));
         timers_due(&self.markets[..1], lead, t - STEP, t, &mut timers);
-        for timer in timers {
+        for &timer in &timers {
             let keep = match timer {
                 Timer::GateClosureApproaching { trading_day, .. } => self.day_in_range(trading_day),
                 Timer::IntervalStart { interval } => self.in_range(interval),
             };
             if keep {
                 for k in 0..self.slots.len() {
-                    self.callback(k, t, |h| h.on_timer(t, &timer))?;
+                    if let Err(e) = self.callback(k, t, |h| h.on_timer(t, &timer)) {
+                        self.timers = timers;
+                        return Err(e);
+                    }
                 }
             }
         }
+        self.timers = timers;
         Ok(())
     }
 
