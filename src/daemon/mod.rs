@@ -587,6 +587,7 @@ fn start_strategies(
             md: md.clone(),
             metrics: rt.metrics.clone(),
             issued: Arc::new(AtomicU64::new(0)),
+            ledger: Some(Arc::clone(&live.ledger)),
         };
         let logic = StrategyLogic::new(wiring.clone(), |host| {
             for o in ledger.orders() {
@@ -602,8 +603,11 @@ fn start_strategies(
         .map_err(|e| anyhow::anyhow!("strategy {}: {e}", spec.name))?;
         let oms = live.oms.clone();
         let sid = spec.id;
+        // Snapshots serialise the strategy's state: every 64 messages keeps that off the
+        // per-message path; a rebuild takes orders and positions from the ledger anyway.
         let supervisor = SupervisorSpec::new(name.as_str())
             .mailbox_capacity(1_024)
+            .snapshot_every(64)
             .on_escalation(move |e| {
                 tracing::error!(actor = %e.actor, cause = %e.cause,
                     "strategy halted past its restart limit; cancelling its orders");

@@ -9,6 +9,8 @@
 //! - A panic in the strategy is caught by the supervisor; the host is rebuilt from its last
 //!   snapshot and the client id allocator is moved past the highest id ever handed out
 //!   (`issued` watermark), so a restarted strategy never reuses a client order id.
+//! - A rebuild takes open orders and positions from the OMS ledger (the journal's fold), so
+//!   snapshots can be taken every N messages without reviving finished orders.
 //! - Each callback's decision time is recorded in `strategy_decision{scope=<strategy>}`.
 
 use super::messages::{Intent, MdConflator, MdWake, TimedMarketData, ToRisk, ToStrategy};
@@ -38,6 +40,9 @@ pub struct StrategyWiring {
     pub metrics: Metrics,
     /// Highest client order sequence handed out, shared across restarts.
     pub issued: Arc<AtomicU64>,
+    /// The OMS ledger: a rebuild takes the strategy's open orders and positions from it, so a
+    /// snapshot taken every N messages never revives a finished order or loses a fill.
+    pub ledger: Option<super::oms::SharedLedger>,
 }
 
 pub struct StrategyLogic {
@@ -63,11 +68,30 @@ impl StrategyLogic {
         Ok(Self::with_host(host, wiring))
     }
 
-    /// Rebuilds from a snapshot, past every id already issued.
+    /// Rebuilds from a snapshot, past every id already issued, with the open orders and
+    /// positions the OMS ledger holds now.
     pub fn rebuild(wiring: StrategyWiring, snapshot: &HostSnapshot) -> Result<Self, LogicFault> {
         let strategy = wiring.registry.create(&wiring.init).map_err(fault)?;
+        let mut snapshot = snapshot.clone();
+        if let Some(ledger) = &wiring.ledger {
+            let ledger = ledger
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (sid, aid) = (wiring.host.strategy_id, wiring.host.aggregation_id);
+            snapshot.open_orders = ledger
+                .open_orders()
+                .filter(|o| o.request.strategy_id == Some(sid))
+                .cloned()
+                .collect();
+            snapshot.positions = ledger
+                .positions()
+                .iter()
+                .filter(|(k, _)| k.aggregation_id == aid)
+                .map(|(k, p)| (*k, p.clone()))
+                .collect();
+        }
         let mut host =
-            StrategyHost::restore(strategy, wiring.host.clone(), snapshot).map_err(fault)?;
+            StrategyHost::restore(strategy, wiring.host.clone(), &snapshot).map_err(fault)?;
         let issued = wiring.issued.load(Ordering::SeqCst);
         if issued > 0 {
             let prefix = snapshot.ids.prefix();

@@ -133,6 +133,7 @@ fn start_strategy(
         md: md.clone(),
         metrics: rt.metrics.clone(),
         issued: Arc::new(AtomicU64::new(0)),
+        ledger: None,
     };
     let oms = oms.clone();
     let spec = SupervisorSpec::new(name.as_str())
