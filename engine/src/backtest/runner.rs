@@ -86,8 +86,15 @@ struct Run<'a> {
     /// Real-time depth already taken, per interval and side.
     rt_taken: BTreeMap<(DeliveryInterval, bool), Decimal>,
     queue: VecDeque<Work>,
-    /// Reused timer buffer.
+    /// Reused timer buffer, timers due later with their instants, and how far the schedule
+    /// has been asked.
     timers: Vec<Timer>,
+    pending_timers: VecDeque<(Timestamp, Timer)>,
+    timers_covered: Timestamp,
+    /// First instant of the run's first trading day and of the day after its last.
+    range: (Timestamp, Timestamp),
+    /// Ends of the run's trading days (progress).
+    day_ends: std::collections::BTreeSet<Timestamp>,
     /// The last real-time book computed (each interval's is asked for at least twice).
     rt_cache: Option<(DeliveryInterval, (Decimal, Decimal, Decimal))>,
     /// When each trading day's forecasts go out, and when its auction clears.
@@ -119,12 +126,12 @@ pub fn run(
     let start = DeliveryInterval::containing(start).start();
     let end = run.local_midnight(cfg.to.succ_opt().unwrap_or(cfg.to));
     let total_days = u32::try_from((cfg.to - cfg.from).num_days() + 1).unwrap_or(u32::MAX);
+    run.timers_covered = start - STEP;
     let mut t = start;
     let mut day_done = 0u32;
     while t <= end {
         run.step(t)?;
-        let local = t.with_timezone(&cfg.timezone);
-        if local.time() == chrono::NaiveTime::MIN && local.date_naive() > cfg.from {
+        if run.day_ends.contains(&t) {
             day_done = day_done.saturating_add(1).min(total_days);
             progress(day_done, total_days);
         }
@@ -176,7 +183,11 @@ impl<'a> Run<'a> {
             rt_taken: BTreeMap::new(),
             queue: VecDeque::new(),
             rt_cache: None,
-            timers: Vec::with_capacity(4),
+            timers: Vec::with_capacity(200),
+            pending_timers: VecDeque::with_capacity(200),
+            timers_covered: Timestamp::MIN_UTC,
+            range: (Timestamp::MIN_UTC, Timestamp::MIN_UTC),
+            day_ends: std::collections::BTreeSet::new(),
             forecast_at: BTreeMap::new(),
             clear_at: BTreeMap::new(),
             seq: 0,
@@ -190,8 +201,11 @@ impl<'a> Run<'a> {
             run.forecast_at.insert(gate - lead - STEP, day);
             run.clear_at.insert(gate, day);
             let Some(next) = day.succ_opt() else { break };
+            run.day_ends.insert(run.local_midnight(next));
             day = next;
         }
+        let after_last = cfg.to.succ_opt().unwrap_or(cfg.to);
+        run.range = (run.local_midnight(cfg.from), run.local_midnight(after_last));
         Ok(run)
     }
 
@@ -210,9 +224,10 @@ impl<'a> Run<'a> {
             - Duration::minutes(i64::from(self.cfg.gate_closure_minutes_before))
     }
 
+    /// Whether the interval belongs to a trading day of the run (by instant: no time-zone
+    /// conversion on the per-step path).
     fn in_range(&self, interval: DeliveryInterval) -> bool {
-        let day = interval.trading_day(self.cfg.timezone);
-        day >= self.cfg.from && day <= self.cfg.to
+        interval.start() >= self.range.0 && interval.start() < self.range.1
     }
 
     fn day_intervals(&self, day: NaiveDate) -> Vec<DeliveryInterval> {
@@ -409,26 +424,48 @@ impl<'a> Run<'a> {
         self.broadcast(t, &last)
     }
 
+    /// Delivers the timers of the live schedule ([`timers_due`]) due by `t`. The schedule is
+    /// asked one day ahead at a time and buffered with each timer's firing instant, which
+    /// keeps its time-zone arithmetic off the per-step path.
     fn fire_timers(&mut self, t: Timestamp) -> Result<(), BacktestError> {
-        let mut timers = std::mem::take(&mut self.timers);
-        timers.clear();
         let lead = Duration::minutes(i64::from(self.cfg.gate_lead_minutes));
-        timers_due(&self.markets[..1], lead, t - STEP, t, &mut timers);
-        for &timer in &timers {
+        if t > self.timers_covered {
+            let mut buf = std::mem::take(&mut self.timers);
+            buf.clear();
+            let from = self.timers_covered;
+            self.timers_covered = timers_due(
+                &self.markets[..1],
+                lead,
+                from,
+                from + Duration::days(1),
+                &mut buf,
+            );
+            for timer in buf.drain(..) {
+                let at = match timer {
+                    Timer::IntervalStart { interval } => interval.start(),
+                    Timer::GateClosureApproaching { trading_day, .. } => {
+                        self.gate_of(trading_day) - lead
+                    }
+                };
+                self.pending_timers.push_back((at, timer));
+            }
+            self.timers = buf;
+        }
+        while let Some(&(at, timer)) = self.pending_timers.front() {
+            if at > t {
+                break;
+            }
+            self.pending_timers.pop_front();
             let keep = match timer {
                 Timer::GateClosureApproaching { trading_day, .. } => self.day_in_range(trading_day),
                 Timer::IntervalStart { interval } => self.in_range(interval),
             };
             if keep {
                 for k in 0..self.slots.len() {
-                    if let Err(e) = self.callback(k, t, |h| h.on_timer(t, &timer)) {
-                        self.timers = timers;
-                        return Err(e);
-                    }
+                    self.callback(k, t, |h| h.on_timer(t, &timer))?;
                 }
             }
         }
-        self.timers = timers;
         Ok(())
     }
 
