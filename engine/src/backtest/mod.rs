@@ -20,8 +20,8 @@
 //!
 //! Invariants:
 //! - Deterministic: same prices, config and seed give the same report, byte for byte. No
-//!   wall clock, no hash-ordered output, randomness only from `ChaCha8Rng` seeded by
-//!   `seed` and the interval.
+//!   wall clock, no hash-ordered output, randomness only from a SplitMix64 hash of `seed`
+//!   and the interval.
 //! - Time only moves forward, in 15-minute steps; `now` is passed to every call.
 //! - Bounded: at most [`MAX_STRATEGIES`] strategies, [`MAX_DAYS`] days, and
 //!   [`MAX_WORK_PER_STEP`] intents handled per step (a strategy looping on its own reports is

@@ -34,8 +34,6 @@ use crate::strategy::{
 };
 use crate::Timestamp;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use std::collections::{BTreeMap, VecDeque};
@@ -371,8 +369,12 @@ impl<'a> Run<'a> {
         if cents == 0 {
             return da;
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ mix(interval.epoch_seconds()));
-        da + Decimal::new(rng.gen_range(-cents..=cents), 2)
+        // SplitMix64 of seed and interval: seeded, order-independent and cheap.
+        let span = u64::try_from(2 * cents + 1).unwrap_or(1);
+        let draw = mix(i64::from_ne_bytes(
+            (self.cfg.seed ^ mix(interval.epoch_seconds())).to_ne_bytes(),
+        )) % span;
+        da + Decimal::new(i64::try_from(draw).unwrap_or(0) - cents, 2)
     }
 
     fn rt_book(&mut self, interval: DeliveryInterval) -> Option<(Decimal, Decimal, Decimal)> {

@@ -265,8 +265,8 @@ impl RuleStrategy {
             price,
             forecast,
             soc: cap.and_then(|c| c.storage).map(|s| s.soc_pct),
-            up_mw: cap.map_or(Decimal::ZERO, |c| c.capacity.up_flex_kw / dec!(1000)),
-            down_mw: cap.map_or(Decimal::ZERO, |c| c.capacity.down_flex_kw / dec!(1000)),
+            up_mw: cap.map_or(Decimal::ZERO, |c| c.capacity.up_flex_kw * dec!(0.001)),
+            down_mw: cap.map_or(Decimal::ZERO, |c| c.capacity.down_flex_kw * dec!(0.001)),
             dr_event: self.state.dr_events.contains(&interval),
         }
     }
