@@ -126,7 +126,8 @@ impl Connector {
             }
             ConnectorCmd::Cancel(id) => {
                 if let Err(e) = self.adapter.cancel(id.clone()).await {
-                    tracing::warn!(client_order_id = %id, error = %e, "cancel not sent");
+                    // Usually a race with the order's final report (filled, cancelled).
+                    tracing::debug!(client_order_id = %id, error = %e, "cancel not sent");
                 }
             }
             ConnectorCmd::Replace {

@@ -181,8 +181,18 @@ impl OmsLogic {
     }
 
     fn cancel(&mut self, id: ClientOrderId, reason: &str) {
+        use vpp_engine::order::OrderStatus;
         let status = self.ledger().order(&id).map(|o| o.status);
-        if status == Some(vpp_engine::order::OrderStatus::New) {
+        let Some(status) = status else {
+            tracing::debug!(client_order_id = %id, "cancel of an unknown order ignored");
+            return;
+        };
+        if status.is_terminal() || status == OrderStatus::PendingCancel {
+            // A race with the order's last report, or a repeated cancel: nothing to do.
+            tracing::debug!(client_order_id = %id, %status, "cancel not needed");
+            return;
+        }
+        if status == OrderStatus::New {
             if self.deferred_cancels.len() < MAX_DEFERRED_CANCELS {
                 self.deferred_cancels.insert(id);
             } else {
