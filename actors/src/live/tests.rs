@@ -309,3 +309,136 @@ async fn flaky_strategy_restarts_within_limits_and_a_hopeless_one_is_halted_and_
         assert_eq!(o.status, vpp_engine::order::OrderStatus::PendingCancel);
     }
 }
+
+/// Rejections the probe strategy saw, with code `mailbox_closed`.
+static PROBE_REJECTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Submits one order per market data item and counts refusals that come back to it.
+struct Probe(Market);
+
+impl vpp_engine::strategy::Strategy for Probe {
+    fn kind(&self) -> &'static str {
+        "probe"
+    }
+    fn on_market_data(
+        &mut self,
+        ctx: &mut vpp_engine::strategy::StrategyContext<'_>,
+        data: &MarketData,
+    ) -> Result<(), vpp_engine::strategy::StrategyError> {
+        ctx.submit(vpp_engine::strategy::NewOrder {
+            market_id: self.0.id,
+            product: Product::Energy,
+            interval: data.interval(),
+            side: Side::Buy,
+            quantity_mw: Decimal::ONE,
+            price_cny_per_mwh: Decimal::from(300),
+            time_in_force: TimeInForce::Ioc,
+        })?;
+        Ok(())
+    }
+    fn on_risk_reject(
+        &mut self,
+        ctx: &mut vpp_engine::strategy::StrategyContext<'_>,
+        reject: &vpp_engine::strategy::RiskRejection,
+    ) -> Result<(), vpp_engine::strategy::StrategyError> {
+        // The refused order is no longer open in the host's mirror.
+        assert!(ctx.open_order(&reject.client_order_id).is_none());
+        if reject.code == "mailbox_closed" {
+            PROBE_REJECTS.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn snapshot(
+        &self,
+    ) -> Result<vpp_engine::strategy::StrategySnapshot, vpp_engine::strategy::StrategyError> {
+        vpp_engine::strategy::StrategySnapshot::encode("probe", 1, &())
+    }
+    fn restore(
+        &mut self,
+        _: &vpp_engine::strategy::StrategySnapshot,
+    ) -> Result<(), vpp_engine::strategy::StrategyError> {
+        Ok(())
+    }
+}
+
+fn probe(
+    init: &StrategyInit,
+) -> Result<Box<dyn vpp_engine::strategy::Strategy>, vpp_engine::strategy::StrategyError> {
+    Ok(Box::new(Probe(init.market.clone())))
+}
+
+/// A risk monitor that has stopped: its mailbox is closed.
+struct Stopped;
+
+impl Actor for Stopped {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<ToRisk> for Stopped {
+    type Result = Result<(), Refused>;
+    fn handle(&mut self, _: ToRisk, _: &mut Context<Self>) -> Self::Result {
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn an_intent_the_order_path_refuses_goes_back_to_its_strategy_with_the_reason() {
+    let start = chrono::Utc.with_ymd_and_hms(2026, 6, 1, 2, 0, 0).unwrap();
+    let clock = ManualClock::new(start);
+    let rt = Runtime::new(Arc::new(clock.clone()));
+    let stopped = Stopped.start();
+    // Let the actor stop before anything is sent to it.
+    while stopped.connected() {
+        actix::clock::sleep(Duration::from_millis(1)).await;
+    }
+    let risk = BoundedSender::new(stopped.recipient(), "risk".into(), 16, &rt.metrics);
+    let mut registry = vpp_engine::strategy::StrategyRegistry::new();
+    registry.register("probe", probe).unwrap();
+    let md = MdConflator::new("strategy/probe".into(), 64, &rt.metrics);
+    let wiring = StrategyWiring {
+        init: StrategyInit {
+            strategy_id: StrategyId(9),
+            name: "probe".into(),
+            kind: "probe".into(),
+            aggregation_id: AggregationId(1),
+            market: market(),
+            params: StrategyParams::new(),
+        },
+        host: HostConfig::new(StrategyId(9), AggregationId(1)),
+        registry: Arc::new(registry),
+        clock: Arc::clone(&rt.clock),
+        risk,
+        md: md.clone(),
+        metrics: rt.metrics.clone(),
+        issued: Arc::new(AtomicU64::new(0)),
+        ledger: None,
+    };
+    let rebuild = wiring.clone();
+    let handle = SupervisedActor::new(
+        SupervisorSpec::new("strategy/probe"),
+        rt.clone(),
+        StrategyLogic::new(wiring, |_| {}).unwrap(),
+        move |snap| StrategyLogic::rebuild(rebuild.clone(), snap),
+    )
+    .unwrap()
+    .start();
+    let sender = md.sender(handle.recipient());
+    for n in 0..5 {
+        clock.advance(chrono::Duration::seconds(1));
+        let data = book_top(clock.now(), n);
+        sender.publish(data.key(), (data, 0)).unwrap();
+        handle.addr.send(GetStatus).await.unwrap();
+    }
+    let status = handle.addr.send(GetStatus).await.unwrap();
+    assert_eq!(status.state, RunState::Running);
+    assert_eq!(status.restarts_total, 0);
+    assert_eq!(PROBE_REJECTS.load(Ordering::SeqCst), 5);
+    let refused = rt.metrics.snapshot().counter(
+        crate::metrics::names::REFUSALS_TOTAL,
+        &[("actor", "risk"), ("reason", "mailbox_closed")],
+    );
+    assert_eq!(refused, Some(5));
+}
