@@ -318,3 +318,139 @@ fn build(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use rust_decimal::Decimal;
+    use vpp_engine::market::{DeliveryInterval, Product};
+    use vpp_engine::order::{OrderStatus, Side, TimeInForce};
+    use vpp_market_adapters::protocol::{WireExecKind, WireTif};
+
+    fn at() -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 6, 1, 2, 0, 0).unwrap()
+    }
+
+    fn id(s: &str) -> ClientOrderId {
+        ClientOrderId::new(s).unwrap()
+    }
+
+    fn interval() -> DeliveryInterval {
+        DeliveryInterval::containing(at() + chrono::Duration::hours(1))
+    }
+
+    fn state(client: &str, status: OrderStatus) -> OrderState {
+        OrderState {
+            client_order_id: id(client),
+            venue_order_id: format!("v-{client}"),
+            market: "rt".into(),
+            product: Product::Energy,
+            interval: interval(),
+            side: Side::Buy,
+            time_in_force: WireTif::Gtc,
+            expire_at: None,
+            status,
+            quantity_mw: Decimal::from(2),
+            price_cny_per_mwh: Decimal::from(310),
+            filled_mw: Decimal::ONE,
+            last_account_seq: 3,
+        }
+    }
+
+    fn report(seq: u64, client: &str, kind: WireExecKind) -> WireExecReport {
+        WireExecReport {
+            account_seq: seq,
+            client_order_id: id(client),
+            venue_order_id: format!("v-{client}"),
+            ts: at(),
+            kind,
+            filled_mw: Decimal::ZERO,
+            leaves_mw: Decimal::ZERO,
+        }
+    }
+
+    fn known_order(ledger: &mut OrderLedger) {
+        let request = OrderRequest {
+            client_order_id: id("s1b1-1"),
+            strategy_id: Some(StrategyId(1)),
+            aggregation_id: AggregationId(1),
+            market_id: MarketId(1),
+            product: Product::Energy,
+            interval: interval(),
+            side: Side::Sell,
+            quantity_mw: Decimal::ONE,
+            price_cny_per_mwh: Decimal::from(400),
+            time_in_force: TimeInForce::Gtc,
+        };
+        let created = OrderEvent {
+            client_order_id: request.client_order_id.clone(),
+            at: at(),
+            kind: OrderEventKind::Created { request },
+        };
+        ledger.apply(&created).unwrap();
+    }
+
+    #[test]
+    fn an_order_the_journal_lacks_is_adopted_and_every_missed_report_applied_in_order() {
+        let mut ledger = OrderLedger::new();
+        known_order(&mut ledger);
+        let symbols = HashMap::from([("rt".to_owned(), MarketId(1))]);
+        let owner = |c: &ClientOrderId| {
+            c.as_str()
+                .starts_with("s1b")
+                .then_some((Some(StrategyId(1)), AggregationId(1)))
+        };
+        let fill = |fill_id| WireExecKind::PartialFill {
+            fill_id,
+            quantity_mw: Decimal::ONE,
+            price_cny_per_mwh: Decimal::from(310),
+        };
+        let reports = vec![
+            report(1, "s1b1-1", WireExecKind::Accepted),
+            report(2, "s1b1-2", WireExecKind::Accepted),
+            report(3, "s1b1-2", fill(77)),
+            report(4, "zz-9", WireExecKind::Accepted),
+        ];
+        let states = BTreeMap::from([
+            (id("s1b1-2"), state("s1b1-2", OrderStatus::PartiallyFilled)),
+            (id("zz-9"), state("zz-9", OrderStatus::Accepted)),
+        ]);
+        let rec = build(&ledger, states, reports, &symbols, &owner, at(), 4);
+
+        assert_eq!(rec.adopted, 1);
+        assert_eq!(rec.unadoptable, vec![id("zz-9")]);
+        assert_eq!(rec.reports, 3, "the unadoptable order's report is skipped");
+        assert!(matches!(
+            &rec.events[0].kind,
+            OrderEventKind::Recovered { request } if request.client_order_id == id("s1b1-2")
+                && request.quantity_mw == Decimal::from(2)
+                && request.strategy_id == Some(StrategyId(1))
+        ));
+        for event in &rec.events {
+            ledger.apply(event).unwrap();
+        }
+        let adopted = ledger.order(&id("s1b1-2")).unwrap();
+        assert!(adopted.recovered);
+        assert_eq!(adopted.status, OrderStatus::PartiallyFilled);
+        assert_eq!(adopted.filled_mw, Decimal::ONE);
+        assert_eq!(
+            ledger.order(&id("s1b1-1")).unwrap().status,
+            OrderStatus::Accepted
+        );
+        assert_eq!(ledger.positions().len(), 1);
+
+        // Deterministic: the same inputs give the same events.
+        let mut again = OrderLedger::new();
+        known_order(&mut again);
+        let states =
+            BTreeMap::from([(id("s1b1-2"), state("s1b1-2", OrderStatus::PartiallyFilled))]);
+        let reports = vec![
+            report(1, "s1b1-1", WireExecKind::Accepted),
+            report(2, "s1b1-2", WireExecKind::Accepted),
+            report(3, "s1b1-2", fill(77)),
+        ];
+        let rec2 = build(&again, states, reports, &symbols, &owner, at(), 4);
+        assert_eq!(rec2.events, rec.events);
+    }
+}
