@@ -81,6 +81,17 @@ pub struct DaemonConfig {
     /// Built-in venue simulator listen address; port 0 picks a free port.
     #[serde(default = "default_venue_listen")]
     pub venue_listen: String,
+    /// Simulated seconds per real second of `vpp run` (`--speed` overrides), 1..=100000.
+    #[serde(default = "default_speed")]
+    pub speed: u32,
+    /// Cancel open orders at shutdown (true) or keep them working at the venue
+    /// (`--keep-orders` forces false).
+    #[serde(default = "yes")]
+    pub cancel_on_shutdown: bool,
+}
+
+fn default_speed() -> u32 {
+    1
 }
 
 fn default_database_url() -> String {
@@ -99,6 +110,8 @@ impl Default for DaemonConfig {
             database_url: default_database_url(),
             api_listen: default_api_listen(),
             venue_listen: default_venue_listen(),
+            speed: default_speed(),
+            cancel_on_shutdown: true,
         }
     }
 }
@@ -298,6 +311,12 @@ impl Builder {
     }
 
     fn build(mut self, raw: ConfigFile) -> Result<Park, ConfigError> {
+        if !(1..=100_000).contains(&raw.daemon.speed) {
+            return Err(self.err(
+                "daemon.speed".into(),
+                format!("{} is outside 1..=100000", raw.daemon.speed),
+            ));
+        }
         let templates = self.templates(&raw.templates)?;
         let resources = self.resources(&raw.resources, &templates)?;
         let aggregations = self.aggregations(&raw.aggregations, &resources, &templates)?;
@@ -602,6 +621,21 @@ lon = 102.7
         let err = parse("[daemon\n").unwrap_err();
         assert_eq!(err.file, "test.toml");
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn daemon_speed_and_shutdown_policy_have_defaults_and_bounds() {
+        let park = parse("").unwrap();
+        assert_eq!(park.daemon.speed, 1);
+        assert!(park.daemon.cancel_on_shutdown);
+        let park = parse("[daemon]\nspeed = 60\ncancel_on_shutdown = false\n").unwrap();
+        assert_eq!(
+            (park.daemon.speed, park.daemon.cancel_on_shutdown),
+            (60, false)
+        );
+        let err = parse("[daemon]\nspeed = 0\n").unwrap_err();
+        assert_eq!(err.key, "daemon.speed");
+        assert!(err.message.contains("1..=100000"), "{err}");
     }
 
     #[test]

@@ -26,9 +26,10 @@ struct Cli {
 /// Options of the sped-up clock, shared by `run` and `market-sim`.
 #[derive(Debug, clap::Args)]
 struct ClockArgs {
-    /// Simulated seconds per real second (a simulated day in 24 minutes at 60).
-    #[arg(long, default_value_t = 1)]
-    speed: u32,
+    /// Simulated seconds per real second (a simulated day in 24 minutes at 60); default: the
+    /// config's `daemon.speed`, else 1.
+    #[arg(long)]
+    speed: Option<u32>,
     /// Anchor of the sped-up clock, Unix seconds (default: now). Give the daemon and an
     /// external `vpp market-sim` the same anchor and speed so they agree on the time.
     #[arg(long)]
@@ -36,14 +37,15 @@ struct ClockArgs {
 }
 
 impl ClockArgs {
-    fn clock(&self) -> anyhow::Result<vpp_actors::live::clock::ScaledClock> {
+    fn clock(&self, default_speed: u32) -> anyhow::Result<vpp_actors::live::clock::ScaledClock> {
         let anchor = match self.clock_anchor {
             Some(secs) => chrono::DateTime::from_timestamp(secs, 0)
                 .with_context(|| format!("--clock-anchor {secs} is not a valid Unix time"))?,
             None => chrono::Utc::now(),
         };
         Ok(vpp_actors::live::clock::ScaledClock::new(
-            anchor, self.speed,
+            anchor,
+            self.speed.unwrap_or(default_speed),
         ))
     }
 }
@@ -178,16 +180,16 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         } => {
             let park = load_park(config.as_deref())?;
             let url = database_url.unwrap_or_else(|| park.daemon.database_url.clone());
-            clock.clock()?;
+            clock.clock(park.daemon.speed)?;
             let opts = vpp::daemon::RunOptions {
-                speed: clock.speed,
+                speed: clock.speed.unwrap_or(park.daemon.speed),
                 clock_anchor: clock
                     .clock_anchor
                     .and_then(|s| chrono::DateTime::from_timestamp(s, 0)),
                 run_for,
                 venue_url,
                 api_key,
-                cancel_on_shutdown: !keep_orders,
+                cancel_on_shutdown: park.daemon.cancel_on_shutdown && !keep_orders,
                 status_every: std::time::Duration::from_secs(status_every.max(1)),
                 data_dir: vpp::daemon::data_dir_of(&url),
             };
@@ -203,7 +205,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             clock,
         } => {
             let park = load_park(config.as_deref())?;
-            let clock = std::sync::Arc::new(clock.clock()?);
+            let clock = std::sync::Arc::new(clock.clock(park.daemon.speed)?);
             runtime()?.block_on(vpp::daemon::venue::run_market_sim(&park, listen, clock))
         }
         Command::Latency {
