@@ -682,7 +682,12 @@ fn sum_counters(m: &MetricsSnapshot, name: &str) -> u64 {
         .sum()
 }
 
-fn status_line(m: &MetricsSnapshot, ledger: &SharedLedger, now: Timestamp) -> String {
+fn status_line(
+    m: &MetricsSnapshot,
+    ledger: &SharedLedger,
+    now: Timestamp,
+    health: &vpp_actors::HealthSnapshot,
+) -> String {
     let connected: i64 = m
         .gauges
         .iter()
@@ -697,8 +702,21 @@ fn status_line(m: &MetricsSnapshot, ledger: &SharedLedger, now: Timestamp) -> St
         .latency(Stage::OmsToWire, "tick_to_order")
         .map_or_else(|| "-".to_owned(), |s| format!("{:.0}us", s.p99_us));
     format!(
-        "sim {} | connections {connected} | orders {} (open {open}) | fills {} | positions {positions} | p99 tick-to-order {p99} | restarts {}",
+        "sim {} | {} | connections {connected} | orders {} (open {open}) | fills {} | positions {positions} | p99 tick-to-order {p99} | restarts {}",
         now.format("%Y-%m-%d %H:%M"),
+        match health.status {
+            vpp_actors::OverallHealth::Healthy => "healthy".to_owned(),
+            vpp_actors::OverallHealth::Degraded => format!(
+                "DEGRADED ({})",
+                health
+                    .actors
+                    .iter()
+                    .filter(|a| !a.health.is_healthy())
+                    .map(|a| a.actor.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
         sum_counters(m, metric_names::ORDERS_TOTAL),
         sum_counters(m, vpp_actors::live::oms::names::FILLS_TOTAL),
         sum_counters(m, metric_names::RESTARTS_TOTAL),
@@ -717,7 +735,9 @@ async fn status_loop(
     loop {
         tick.tick().await;
         let snapshot = rt.metrics.snapshot();
-        tracing::info!(target: "vpp::status", "{}", status_line(&snapshot, &ledger, clock.now()));
+        let health = rt.health.snapshot();
+        let line = status_line(&snapshot, &ledger, clock.now(), &health);
+        tracing::info!(target: "vpp::status", "{line}");
         write_latency(&snapshot, &data_dir);
     }
 }
