@@ -292,6 +292,11 @@ impl Order {
         }
     }
 
+    /// No report from the venue yet (the order left `New` only through a local cancel).
+    fn never_acknowledged(&self) -> bool {
+        self.last_report_seq == 0 && self.venue_order_id.is_none() && self.fill_ids.is_empty()
+    }
+
     /// The working state an order returns to when a cancel is refused.
     fn working_status(&self) -> OrderStatus {
         if self.filled_mw > Decimal::ZERO {
@@ -337,12 +342,19 @@ impl Order {
             return Err(self.illegal(exec_kind_name(&report.kind)));
         }
         match &report.kind {
+            // A cancel may be requested before the venue acknowledged the order (`New` →
+            // `PendingCancel`); the venue still reports the order's fate first, in sequence.
+            // Its ack keeps the cancel pending, its reject finishes the order.
             ExecKind::Accepted => match self.status {
                 S::New => Ok(self.move_to(S::Accepted, at)),
+                S::PendingCancel if self.never_acknowledged() => {
+                    Ok(self.move_to(S::PendingCancel, at))
+                }
                 _ => Err(self.illegal("accepted")),
             },
             ExecKind::Rejected { .. } => match self.status {
                 S::New => Ok(self.move_to(S::Rejected, at)),
+                S::PendingCancel if self.never_acknowledged() => Ok(self.move_to(S::Rejected, at)),
                 _ => Err(self.illegal("rejected")),
             },
             ExecKind::Fill {
@@ -561,6 +573,58 @@ pub(crate) mod tests {
         assert!(matches!(err, OrderError::Overfill { .. }));
         assert_eq!(o.filled_mw, dec!(1));
         assert_eq!(o.last_report_seq, 1);
+    }
+
+    #[test]
+    fn cancel_requested_before_the_ack_takes_the_ack_then_the_cancel() {
+        let mut o = order();
+        o.request_cancel(at(1)).unwrap();
+        assert_eq!(o.status, OrderStatus::PendingCancel);
+        // The venue acknowledged the order before it saw the cancel.
+        let applied = o
+            .apply_report(&report(1, "o1", ExecKind::Accepted))
+            .unwrap();
+        assert!(matches!(applied, Applied::Transition { .. }));
+        assert_eq!(o.status, OrderStatus::PendingCancel);
+        assert_eq!(o.last_report_seq, 1);
+        // A second ack is no longer the first word from the venue: illegal.
+        assert!(o
+            .apply_report(&report(2, "o1", ExecKind::Accepted))
+            .is_err());
+        o.apply_report(&report(
+            3,
+            "o1",
+            ExecKind::Cancelled {
+                reason: "user".into(),
+            },
+        ))
+        .unwrap();
+        assert_eq!(o.status, OrderStatus::Cancelled);
+    }
+
+    #[test]
+    fn cancel_requested_before_a_reject_ends_rejected() {
+        let mut o = order();
+        o.request_cancel(at(1)).unwrap();
+        o.apply_report(&report(
+            1,
+            "o1",
+            ExecKind::Rejected {
+                reason: "price above cap".into(),
+            },
+        ))
+        .unwrap();
+        assert_eq!(o.status, OrderStatus::Rejected);
+        // An order acknowledged before the cancel cannot be rejected afterwards.
+        let mut o = order();
+        o.apply_report(&report(1, "o1", ExecKind::Accepted))
+            .unwrap();
+        o.request_cancel(at(2)).unwrap();
+        let rejected = ExecKind::Rejected {
+            reason: "late".into(),
+        };
+        assert!(o.apply_report(&report(2, "o1", rejected)).is_err());
+        assert_eq!(o.status, OrderStatus::PendingCancel);
     }
 
     #[test]
