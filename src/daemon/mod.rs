@@ -253,6 +253,7 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         &url,
         &opts,
         rec.account_seq,
+        &store,
     )
     .await?;
 
@@ -355,6 +356,7 @@ async fn start_core(
     url: &str,
     opts: &RunOptions,
     account_seq: u64,
+    store: &Store,
 ) -> anyhow::Result<Live> {
     let routes: StrategyRoutes = Arc::new(Mutex::new(HashMap::new()));
     let open_orders: Vec<_> = ledger.open_orders().cloned().collect();
@@ -424,6 +426,10 @@ async fn start_core(
         oms: oms.sender(),
         strategies: Arc::clone(&routes),
         metrics: rt.metrics.clone(),
+        // Rejections, alerts and kill-switch/limit audits: bounded channel, batching writer.
+        journal: Some(
+            vpp_actors::live::risk::RiskJournal::spawn(store.clone(), 4_096, &rt.metrics).0,
+        ),
     };
     let rebuild_w = risk_w.clone();
     let risk = SupervisedActor::new(

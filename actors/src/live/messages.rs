@@ -80,6 +80,80 @@ pub enum ToRisk {
     KillAll {
         reason: String,
     },
+    /// A metered interval for the deviation monitor (alerts; a critical breach may engage the
+    /// strategy's kill switch when `risk.deviation.critical_engages_kill_switch` is set).
+    Delivery(vpp_risk::DeliverySample),
+}
+
+/// Operator control of the risk monitor, request/response: `addr.send(msg).await` (or
+/// `BoundedSender::recipient().send`) answers `Ok(Ok(reply))`, `Ok(Err(e))` when risk refused
+/// the command (bad limits, switch not engaged, table full: a 4xx), or `Err(Refused)` when the
+/// monitor is halted or restarting (a 503). Every kill-switch action and limit change is
+/// audited (`audit_log`, action `kill_switch.engage|release`, `risk_limits.update`) with
+/// who, what and the outcome, refusals included.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Result<RiskReply, vpp_risk::RiskError>, Refused>")]
+pub enum RiskControl {
+    /// Engage: cancels the open orders in scope through the OMS and refuses new intents in
+    /// scope until released. Engaging an engaged switch keeps the first engagement.
+    EngageKillSwitch {
+        scope: vpp_risk::KillScope,
+        who: String,
+        why: String,
+    },
+    ReleaseKillSwitch {
+        scope: vpp_risk::KillScope,
+        who: String,
+    },
+    /// Engaged switches and the bounded history of kill-switch actions.
+    KillSwitches,
+    ExposureAggregation(AggregationId),
+    ExposureStrategy(StrategyId),
+    /// The limits in force for a scope (an aggregation or strategy without its own limits
+    /// answers the defaults).
+    GetLimits(vpp_risk::LimitScope),
+    /// Replaces the limits of a scope at run time (validated first).
+    SetLimits {
+        scope: vpp_risk::LimitScope,
+        limits: vpp_risk::RiskLimits,
+        who: String,
+    },
+}
+
+/// What [`RiskControl`] answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum RiskReply {
+    KillSwitchEngaged {
+        scope: vpp_risk::KillScope,
+        /// False when it was already engaged (the first engagement is kept).
+        newly_engaged: bool,
+        /// Open orders in scope as risk saw them; the OMS cancels every open order in scope.
+        cancel_requested: usize,
+        /// Why the OMS mailbox refused the scoped cancel, if it did (the switch is engaged
+        /// regardless; the operator should engage again to retry the cancel).
+        oms_refused: Option<String>,
+    },
+    KillSwitchReleased {
+        scope: vpp_risk::KillScope,
+    },
+    KillSwitches {
+        engaged: Vec<(vpp_risk::KillScope, vpp_risk::kill::Engagement)>,
+        history: Vec<vpp_risk::kill::KillRecord>,
+    },
+    Exposure(Box<vpp_risk::ExposureView>),
+    Limits {
+        scope: vpp_risk::LimitScope,
+        limits: vpp_risk::RiskLimits,
+    },
+    LimitsChanged(Box<vpp_risk::LimitChange>),
+}
+
+impl Refusable for RiskControl {
+    // The caller awaits the reply and receives the `Err(Refused)` itself: nobody else to tell.
+    fn refuse(self, reason: &Refused) {
+        tracing::warn!(reason = %reason, command = ?self, "risk control refused");
+    }
 }
 
 impl Refusable for ToRisk {
@@ -108,6 +182,11 @@ pub enum ToOms {
     HaltStrategy(StrategyId),
     /// Shutdown: cancel every open order.
     CancelAll { reason: String },
+    /// A kill switch was engaged: cancel the open orders in its scope.
+    CancelScope {
+        scope: vpp_risk::KillScope,
+        reason: String,
+    },
 }
 
 impl Refusable for ToOms {

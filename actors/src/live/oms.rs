@@ -323,6 +323,17 @@ impl Handles<ToOms> for OmsLogic {
                 self.cancel_where(|o| o.request.strategy_id == Some(id), "strategy halted")
             }
             ToOms::CancelAll { reason } => self.cancel_where(|_| true, &reason),
+            ToOms::CancelScope { scope, reason } => {
+                use vpp_risk::KillScope;
+                self.cancel_where(
+                    |o| match scope {
+                        KillScope::Global => true,
+                        KillScope::Aggregation(id) => o.request.aggregation_id == id,
+                        KillScope::Strategy(id) => o.request.strategy_id == Some(id),
+                    },
+                    &reason,
+                )
+            }
         }
         Ok(())
     }
