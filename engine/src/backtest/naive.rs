@@ -10,14 +10,12 @@
 use crate::market::{DeliveryInterval, Market};
 use crate::order::{Side, TimeInForce};
 use crate::strategy::{
-    BatteryParams, MarketData, NewOrder, Strategy, StrategyContext, StrategyError, StrategyInit,
-    StrategyParams, StrategySnapshot, Timer,
+    BatteryParams, ForecastWindow, MarketData, NewOrder, Strategy, StrategyContext, StrategyError,
+    StrategyInit, StrategyParams, StrategySnapshot, Timer,
 };
 use chrono::NaiveDate;
 use rust_decimal::{Decimal, RoundingStrategy};
 use rust_decimal_macros::dec;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 const MAX_FORECASTS: usize = 400;
 
@@ -29,9 +27,9 @@ pub struct NaiveThreshold {
     state: NaiveState,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 struct NaiveState {
-    forecasts: BTreeMap<DeliveryInterval, Decimal>,
+    forecasts: ForecastWindow,
     energy_mwh: Option<Decimal>,
     /// End energy of the last planned day.
     plan_end: Option<(NaiveDate, Decimal)>,
@@ -60,19 +58,17 @@ impl NaiveThreshold {
             battery: BatteryParams::from_params(&rest)?,
             band_cny_per_mwh: band,
             market: init.market.clone(),
-            state: NaiveState::default(),
+            state: NaiveState {
+                forecasts: ForecastWindow::new(MAX_FORECASTS),
+                energy_mwh: None,
+                plan_end: None,
+            },
         }))
     }
 
     fn plan(&mut self, ctx: &mut StrategyContext<'_>, day: NaiveDate) -> Result<(), StrategyError> {
         let tz = self.market.timezone;
-        let slots: Vec<(DeliveryInterval, Decimal)> = self
-            .state
-            .forecasts
-            .iter()
-            .filter(|(i, _)| i.trading_day(tz) == day)
-            .map(|(i, p)| (*i, *p))
-            .collect();
+        let slots = self.state.forecasts.known_in_day(tz, day);
         if slots.is_empty() {
             return Ok(());
         }
@@ -144,12 +140,7 @@ impl Strategy for NaiveThreshold {
             if *market == self.market.id {
                 let f = &mut self.state.forecasts;
                 f.insert(*interval, *reference_price_cny_per_mwh);
-                let horizon = DeliveryInterval::containing(ctx.now() - chrono::Duration::days(1));
-                while f.len() > MAX_FORECASTS
-                    || f.first_key_value().is_some_and(|(k, _)| *k < horizon)
-                {
-                    f.pop_first();
-                }
+                f.prune_older_than_a_day(ctx.now());
             }
         }
         Ok(())
@@ -181,7 +172,7 @@ impl Strategy for NaiveThreshold {
     }
 
     fn snapshot(&self) -> Result<StrategySnapshot, StrategyError> {
-        let forecasts: Vec<_> = self.state.forecasts.iter().collect();
+        let forecasts: Vec<(DeliveryInterval, Decimal)> = self.state.forecasts.iter().collect();
         StrategySnapshot::encode(
             Self::KIND,
             1,
@@ -196,15 +187,15 @@ impl Strategy for NaiveThreshold {
             Option<(NaiveDate, Decimal)>,
         );
         let (forecasts, energy, plan_end): V1 = snapshot.decode(Self::KIND, 1)?;
-        if forecasts.len() > MAX_FORECASTS {
+        let n = forecasts.len();
+        let Some(forecasts) = ForecastWindow::from_pairs(MAX_FORECASTS, forecasts) else {
             return Err(StrategyError::Snapshot(format!(
-                "{}: {} forecasts, at most {MAX_FORECASTS}",
+                "{}: {n} forecasts, at most {MAX_FORECASTS}",
                 Self::KIND,
-                forecasts.len()
             )));
-        }
+        };
         self.state = NaiveState {
-            forecasts: forecasts.into_iter().collect(),
+            forecasts,
             energy_mwh: energy,
             plan_end,
         };

@@ -19,20 +19,38 @@
 //! 3. quantities are rounded down to 0.001 MW such that what is sold never exceeds what was
 //!    stored: the plan never sells energy it will not have.
 //!
+//! Robust mode ([`plan_arbitrage_robust`], used for day-ahead plans): all of a day's orders go
+//! into one auction, so any subset of them may clear. The plan then also keeps two worst
+//! paths within the SoC limits: *no buy clears* (the path of its sells alone must stay above
+//! the floor, so it sells only energy already held) and *no sell clears* (its buys alone must
+//! stay below the ceiling). Every subset of fills, partial ones too, then stays within the
+//! limits: the strategy never sells energy whose buy may not clear. So a robust plan does not
+//! pair a buy with a sell of the same auction; it trades two kinds of legs against the value
+//! `V` of stored energy, the mean forecast of the plan (what the energy is expected to sell
+//! for on a later day): *sell held energy* in slot d when `p_d − V ≥ min_spread` (limit
+//! `V + min_spread`, rounded up), and *store energy for later* in slot c when
+//! `V − degradation − p_c/η ≥ min_spread` (limit `(V − degradation − min_spread) × η`,
+//! rounded down). Legs go best margin first (ties: earlier slot, sells first), each as large
+//! as power and the two worst paths allow. Energy bought at night is sold on the next day's
+//! plan, once its buy has cleared.
+//!
 //! Limit prices: a buy bids the highest price at which every pair it serves still earns
 //! `min_spread` (rounded down to 0.01); a sell asks the lowest such price (rounded up).
 //!
+//! Start energy ([`BatteryArbitrage`]): the last observed stored energy (or, before any
+//! observation, `initial_soc_pct`) plus the effect of every position the strategy already
+//! holds for intervals not delivered yet: only energy that is held or whose buy cleared.
+//!
 //! Triggers: in a day-ahead market the whole trading day is planned once, on
-//! `GateClosureApproaching` for that day, from the previous plan's end energy (or the last
-//! observed energy, or `initial_soc_pct`). In any other market the plan rolls: on every
-//! `IntervalStart` it re-plans the next 96 intervals from the observed energy and trades only
-//! the next interval (immediate-or-cancel).
+//! `GateClosureApproaching` for that day, robustly (above). In any other market the plan
+//! rolls: on every `IntervalStart` it re-plans the next 96 intervals from the start energy and
+//! trades only the next interval (immediate-or-cancel, so nothing is left to clear later).
 //!
 //! A day-ahead plan is withdrawn whole (its other open orders cancelled) when risk or the venue
-//! refuses one of its orders: its sells rely on its buys. An auction that clears only part of a
-//! plan is market risk the strategy cannot see before clearing; the risk crate's storage
-//! schedule is the backstop.
+//! refuses one of its orders (cheap insurance: a robust plan is SoC-safe in any part, but a
+//! refused order usually means the rest would be refused too).
 
+use super::forecast::ForecastWindow;
 use super::params::check_range;
 use super::RiskRejection;
 use super::{
@@ -42,7 +60,8 @@ use super::{
 use crate::ids::ClientOrderId;
 use crate::market::{DeliveryInterval, Market, MarketKind};
 use crate::order::{ExecKind, ExecReport, OrderStatus, Side, TimeInForce};
-use chrono::{NaiveDate, TimeZone, Utc};
+use crate::position::PositionKey;
+use chrono::NaiveDate;
 use rust_decimal::{Decimal, RoundingStrategy};
 use rust_decimal_macros::dec;
 use serde::{Deserialize, Serialize};
@@ -235,6 +254,8 @@ struct Planner<'a> {
     buy_limit: Vec<Option<Decimal>>,
     sell_limit: Vec<Option<Decimal>>,
     margin_cny: Decimal,
+    /// Robust mode: energy after each slot if no buy cleared (`low`) / no sell cleared (`high`).
+    robust: Option<(Vec<Decimal>, Vec<Decimal>)>,
 }
 
 /// Plans charge/discharge over `prices` (slot order = time order; `None` = no forecast, no
@@ -243,6 +264,25 @@ pub fn plan_arbitrage(
     params: &BatteryParams,
     start_energy_mwh: Decimal,
     prices: &[(DeliveryInterval, Option<Decimal>)],
+) -> ArbitragePlan {
+    plan(params, start_energy_mwh, prices, false)
+}
+
+/// As [`plan_arbitrage`], and SoC-safe whatever subset of the plan's orders clears: its sells
+/// alone never go below the floor and its buys alone never above the ceiling.
+pub fn plan_arbitrage_robust(
+    params: &BatteryParams,
+    start_energy_mwh: Decimal,
+    prices: &[(DeliveryInterval, Option<Decimal>)],
+) -> ArbitragePlan {
+    plan(params, start_energy_mwh, prices, true)
+}
+
+fn plan(
+    params: &BatteryParams,
+    start_energy_mwh: Decimal,
+    prices: &[(DeliveryInterval, Option<Decimal>)],
+    robust: bool,
 ) -> ArbitragePlan {
     let prices = &prices[..prices.len().min(MAX_PLAN_SLOTS)];
     let n = prices.len();
@@ -259,12 +299,19 @@ pub fn plan_arbitrage(
         buy_limit: vec![None; n],
         sell_limit: vec![None; n],
         margin_cny: Decimal::ZERO,
+        robust: robust.then(|| (vec![e0; n], vec![e0; n])),
     };
     // A start outside the SoC limits (should not happen: the BMS holds them) plans nothing
     // rather than assume energy or headroom that is not there.
     if (pl.e_min..=pl.e_max).contains(&e0) {
-        for (margin, c, d) in candidates(params, prices) {
-            pl.try_pair(margin, c, d);
+        if robust {
+            for (margin, t, side) in legs(params, prices) {
+                pl.try_leg(margin, t, side);
+            }
+        } else {
+            for (margin, c, d) in candidates(params, prices) {
+                pl.try_pair(margin, c, d);
+            }
         }
     }
     let slots = (0..n)
@@ -314,7 +361,117 @@ fn candidates(
     out
 }
 
+/// The value of stored energy in a robust plan: the mean forecast of the plan's slots.
+fn stored_value(prices: &[(DeliveryInterval, Option<Decimal>)]) -> Option<Decimal> {
+    let known: Vec<Decimal> = prices.iter().filter_map(|(_, p)| *p).collect();
+    if known.is_empty() {
+        return None;
+    }
+    Some(known.iter().sum::<Decimal>() / Decimal::from(known.len()))
+}
+
+/// Robust legs (margin, slot, side), best first; ties: earlier slot, then sells.
+fn legs(
+    p: &BatteryParams,
+    prices: &[(DeliveryInterval, Option<Decimal>)],
+) -> Vec<(Decimal, usize, Side)> {
+    let Some(value) = stored_value(prices) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (t, (_, price)) in prices.iter().enumerate() {
+        let Some(price) = price else { continue };
+        let sell = *price - value;
+        let buy = value - p.degradation_cost_cny_per_mwh - *price / p.efficiency;
+        for (margin, side) in [(sell, Side::Sell), (buy, Side::Buy)] {
+            if margin > Decimal::ZERO && margin >= p.min_spread_cny_per_mwh {
+                out.push((margin, t, side));
+            }
+        }
+    }
+    let rank = |s: Side| u8::from(s == Side::Buy);
+    out.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(rank(a.2).cmp(&rank(b.2)))
+    });
+    out
+}
+
 impl Planner<'_> {
+    /// One robust leg: sell held energy in slot `t`, or store energy there for a later plan.
+    fn try_leg(&mut self, margin: Decimal, t: usize, side: Side) {
+        let Some((low, high)) = &self.robust else {
+            return;
+        };
+        let Some(price) = self.prices[t] else { return };
+        let p = self.p;
+        let eta = p.efficiency;
+        match side {
+            Side::Sell => {
+                if self.buy_mw[t] > Decimal::ZERO {
+                    return;
+                }
+                let room_mwh = low[t..]
+                    .iter()
+                    .map(|e| *e - self.e_min)
+                    .min()
+                    .unwrap_or(Decimal::ZERO);
+                let mw = floor_lot((self.cap_mw - self.sell_mw[t]).min(room_mwh / INTERVAL_H));
+                if mw <= Decimal::ZERO {
+                    return;
+                }
+                let removed = mw * INTERVAL_H;
+                if let Some((low, _)) = &mut self.robust {
+                    for e in &mut low[t..] {
+                        *e -= removed;
+                    }
+                }
+                for e in &mut self.path[t..] {
+                    *e -= removed;
+                }
+                self.sell_mw[t] += mw;
+                self.margin_cny += margin * removed;
+                // Lowest price at which selling held energy still earns min_spread over V.
+                let limit = (price - margin + p.min_spread_cny_per_mwh)
+                    .round_dp_with_strategy(PRICE_DP, RoundingStrategy::ToPositiveInfinity);
+                self.sell_limit[t] = Some(self.sell_limit[t].map_or(limit, |l| l.max(limit)));
+            }
+            Side::Buy => {
+                if self.sell_mw[t] > Decimal::ZERO {
+                    return;
+                }
+                let room_mwh = high[t..]
+                    .iter()
+                    .map(|e| self.e_max - *e)
+                    .min()
+                    .unwrap_or(Decimal::ZERO);
+                let mw =
+                    floor_lot((self.cap_mw - self.buy_mw[t]).min(room_mwh / (INTERVAL_H * eta)));
+                if mw <= Decimal::ZERO {
+                    return;
+                }
+                let stored = mw * INTERVAL_H * eta;
+                if let Some((_, high)) = &mut self.robust {
+                    for e in &mut high[t..] {
+                        *e += stored;
+                    }
+                }
+                for e in &mut self.path[t..] {
+                    *e += stored;
+                }
+                self.buy_mw[t] += mw;
+                // Margin is per MWh stored (sold later).
+                self.margin_cny += margin * stored;
+                // V = price/η + degradation + margin; highest price still earning min_spread.
+                let v = price / eta + p.degradation_cost_cny_per_mwh + margin;
+                let limit = ((v - p.degradation_cost_cny_per_mwh - p.min_spread_cny_per_mwh) * eta)
+                    .round_dp_with_strategy(PRICE_DP, RoundingStrategy::ToNegativeInfinity);
+                self.buy_limit[t] = Some(self.buy_limit[t].map_or(limit, |l| l.min(limit)));
+            }
+        }
+    }
+
     fn try_pair(&mut self, margin: Decimal, c: usize, d: usize) {
         if self.sell_mw[c] > Decimal::ZERO || self.buy_mw[d] > Decimal::ZERO {
             return;
@@ -347,9 +504,18 @@ impl Planner<'_> {
         }
     }
 
-    /// Energy that fits between the two slots on the current path.
+    /// Energy that fits between the two slots on the current path (and, robustly, on the two
+    /// worst paths).
     fn window_room(&self, c: usize, d: usize) -> Decimal {
         let mut room = Decimal::MAX;
+        if let Some((low, high)) = &self.robust {
+            for &e in &low[d..] {
+                room = room.min((e - self.e_min).max(Decimal::ZERO));
+            }
+            for &e in &high[c..] {
+                room = room.min((self.e_max - e).max(Decimal::ZERO));
+            }
+        }
         if c < d {
             for &e in &self.path[c..d] {
                 room = room.min((self.e_max - e).max(Decimal::ZERO));
@@ -369,6 +535,13 @@ impl Planner<'_> {
     /// Every slot's energy stays within [e_min, e_max].
     fn feasible(&self, c: usize, d: usize, buy: Decimal, sell: Decimal) -> bool {
         let (stored, removed) = self.deltas(buy, sell);
+        if let Some((low, high)) = &self.robust {
+            let safe = low[d..].iter().all(|e| *e - removed >= self.e_min)
+                && high[c..].iter().all(|e| *e + stored <= self.e_max);
+            if !safe {
+                return false;
+            }
+        }
         (c.min(d)..self.path.len()).all(|t| {
             let mut new = self.path[t];
             if t >= c {
@@ -389,6 +562,14 @@ impl Planner<'_> {
             }
             if t >= d {
                 self.path[t] -= removed;
+            }
+        }
+        if let Some((low, high)) = &mut self.robust {
+            for e in &mut low[d..] {
+                *e -= removed;
+            }
+            for e in &mut high[c..] {
+                *e += stored;
             }
         }
         self.buy_mw[c] += buy;
@@ -413,21 +594,35 @@ fn floor_lot(mw: Decimal) -> Decimal {
     mw.round_dp_with_strategy(QUANTITY_DP, RoundingStrategy::ToZero)
 }
 
-/// The snapshot state of [`BatteryArbitrage`] (version 1).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The state of [`BatteryArbitrage`] (snapshot version 1, as [`BatteryStateV1`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct BatteryState {
     /// Reference (forecast) prices of the strategy's market.
-    forecasts: BTreeMap<DeliveryInterval, Decimal>,
+    forecasts: ForecastWindow,
     /// Energy stored, MWh, from the last capacity update with a storage state.
     observed_energy_mwh: Option<Decimal>,
     /// Day-ahead trading days already planned.
     planned_days: BTreeSet<NaiveDate>,
-    /// End energy of the last day-ahead plan, the start of the next day's.
+    /// End energy of the last day-ahead plan (kept in snapshots; informative only: plans
+    /// start from observed energy and cleared positions).
     last_plan_end: Option<(NaiveDate, Decimal)>,
     /// Intervals the rolling mode already traded.
     rolled: BTreeSet<DeliveryInterval>,
     /// Orders of day-ahead plans, by trading day, so a refused one withdraws its whole day.
     plan_orders: BTreeMap<ClientOrderId, NaiveDate>,
+}
+
+impl Default for BatteryState {
+    fn default() -> Self {
+        Self {
+            forecasts: ForecastWindow::new(MAX_FORECASTS),
+            observed_energy_mwh: None,
+            planned_days: BTreeSet::new(),
+            last_plan_end: None,
+            rolled: BTreeSet::new(),
+            plan_orders: BTreeMap::new(),
+        }
+    }
 }
 
 /// Serialised form: maps as lists so any JSON store takes them.
@@ -473,43 +668,37 @@ impl BatteryArbitrage {
         &self.params
     }
 
-    fn start_energy(&self, day: Option<NaiveDate>) -> Decimal {
-        if let (Some(day), Some((planned, end))) = (day, self.state.last_plan_end) {
-            if day.pred_opt() == Some(planned) {
-                return end;
-            }
-        }
-        self.state.observed_energy_mwh.unwrap_or_else(|| {
-            self.params.energy_mwh * self.params.initial_soc_pct / Decimal::ONE_HUNDRED
-        })
-    }
-
-    /// Intervals of the market's local `day` with their forecasts.
-    fn day_prices(&self, day: NaiveDate) -> Vec<(DeliveryInterval, Option<Decimal>)> {
-        let tz = self.market.timezone;
-        let Some(start) = day
-            .and_hms_opt(0, 0, 0)
-            .and_then(|t| tz.from_local_datetime(&t).earliest())
-        else {
-            return Vec::new();
+    /// Energy to plan from: the last observation (or `initial_soc_pct`) moved by every
+    /// position held for intervals not delivered yet. Only cleared energy counts: an open
+    /// buy is not energy.
+    fn start_energy(&self, ctx: &StrategyContext<'_>) -> Decimal {
+        let p = &self.params;
+        let observed = self
+            .state
+            .observed_energy_mwh
+            .unwrap_or_else(|| p.energy_mwh * p.initial_soc_pct / Decimal::ONE_HUNDRED);
+        let from = PositionKey {
+            aggregation_id: ctx.aggregation_id(),
+            market_id: self.market.id,
+            interval: DeliveryInterval::containing(ctx.now()),
         };
-        let mut interval = DeliveryInterval::containing(start.with_timezone(&Utc));
-        let mut out = Vec::with_capacity(MAX_PLAN_SLOTS);
-        while interval.trading_day(tz) == day && out.len() < MAX_PLAN_SLOTS {
-            out.push((interval, self.state.forecasts.get(&interval).copied()));
-            interval = interval.next();
-        }
-        out
-    }
-
-    fn rolling_prices(&self, first: DeliveryInterval) -> Vec<(DeliveryInterval, Option<Decimal>)> {
-        let mut interval = first;
-        let mut out = Vec::with_capacity(ROLLING_HORIZON);
-        for _ in 0..ROLLING_HORIZON {
-            out.push((interval, self.state.forecasts.get(&interval).copied()));
-            interval = interval.next();
-        }
-        out
+        let pending = ctx
+            .positions()
+            .range(from..)
+            .take_while(|(k, _)| {
+                k.aggregation_id == from.aggregation_id && k.market_id == from.market_id
+            })
+            .filter(|(k, _)| k.interval.start() >= ctx.now())
+            .map(|(_, pos)| {
+                let net_sold = pos.net_sold_mw();
+                if net_sold > Decimal::ZERO {
+                    -net_sold * INTERVAL_H
+                } else {
+                    -net_sold * INTERVAL_H * p.efficiency
+                }
+            })
+            .sum::<Decimal>();
+        (observed + pending).clamp(Decimal::ZERO, p.energy_mwh)
     }
 
     /// Whether the strategy already has an order or a position for the interval.
@@ -557,8 +746,8 @@ impl BatteryArbitrage {
         if self.state.planned_days.contains(&day) {
             return Ok(());
         }
-        let prices = self.day_prices(day);
-        let plan = plan_arbitrage(&self.params, self.start_energy(Some(day)), &prices);
+        let prices = self.state.forecasts.day(self.market.timezone, day);
+        let plan = plan_arbitrage_robust(&self.params, self.start_energy(ctx), &prices);
         let mut ids = Vec::with_capacity(plan.slots.len());
         for slot in &plan.slots {
             if Self::engaged(ctx, &self.market, slot.interval) {
@@ -590,11 +779,11 @@ impl BatteryArbitrage {
         if self.state.rolled.contains(&next) || Self::engaged(ctx, &self.market, next) {
             return Ok(());
         }
-        let prices = self.rolling_prices(next);
+        let prices = self.state.forecasts.horizon(next, ROLLING_HORIZON);
         if prices[0].1.is_none() {
             return Ok(());
         }
-        let plan = plan_arbitrage(&self.params, self.start_energy(None), &prices);
+        let plan = plan_arbitrage(&self.params, self.start_energy(ctx), &prices);
         if let Some(order) = plan
             .slots
             .first()
@@ -635,12 +824,6 @@ impl BatteryArbitrage {
         }
         Ok(())
     }
-
-    /// Drops forecasts of intervals that ended more than a day before `now`.
-    fn prune_forecasts(&mut self, now: crate::Timestamp) {
-        let horizon = DeliveryInterval::containing(now - chrono::Duration::days(1));
-        self.state.forecasts = self.state.forecasts.split_off(&horizon);
-    }
 }
 
 /// Keeps the `max` largest elements of an ordered set.
@@ -671,11 +854,9 @@ impl Strategy for BatteryArbitrage {
         } = data
         {
             if *market == self.market.id {
-                let f = &mut self.state.forecasts;
-                f.insert(*interval, *reference_price_cny_per_mwh);
-                while f.len() > MAX_FORECASTS {
-                    f.pop_first();
-                }
+                self.state
+                    .forecasts
+                    .insert(*interval, *reference_price_cny_per_mwh);
             }
         }
         Ok(())
@@ -697,7 +878,7 @@ impl Strategy for BatteryArbitrage {
         ctx: &mut StrategyContext<'_>,
         timer: &Timer,
     ) -> Result<(), StrategyError> {
-        self.prune_forecasts(ctx.now());
+        self.state.forecasts.prune_older_than_a_day(ctx.now());
         match (*timer, self.market.kind) {
             (
                 Timer::GateClosureApproaching {
@@ -736,7 +917,7 @@ impl Strategy for BatteryArbitrage {
     fn snapshot(&self) -> Result<StrategySnapshot, StrategyError> {
         let s = &self.state;
         let v1 = BatteryStateV1 {
-            forecasts: s.forecasts.iter().map(|(k, v)| (*k, *v)).collect(),
+            forecasts: s.forecasts.iter().collect(),
             observed_energy_mwh: s.observed_energy_mwh,
             planned_days: s.planned_days.iter().copied().collect(),
             last_plan_end: s.last_plan_end,
@@ -758,8 +939,12 @@ impl Strategy for BatteryArbitrage {
                 Self::KIND
             )));
         }
+        let forecasts =
+            ForecastWindow::from_pairs(MAX_FORECASTS, v1.forecasts).ok_or_else(|| {
+                StrategyError::Snapshot(format!("{}: too many forecasts", Self::KIND))
+            })?;
         self.state = BatteryState {
-            forecasts: v1.forecasts.into_iter().collect(),
+            forecasts,
             observed_energy_mwh: v1.observed_energy_mwh,
             planned_days: v1.planned_days.into_iter().collect(),
             last_plan_end: v1.last_plan_end,

@@ -17,6 +17,7 @@
 //! - Everything the host keeps is bounded ([`MAX_OPEN_ORDERS`], [`MAX_POSITIONS`]).
 
 mod battery;
+mod forecast;
 mod host;
 mod params;
 mod registry;
@@ -24,7 +25,10 @@ pub mod rules;
 mod threshold;
 mod timers;
 
-pub use battery::{plan_arbitrage, ArbitragePlan, BatteryArbitrage, BatteryParams, PlanSlot};
+pub use battery::{
+    plan_arbitrage, plan_arbitrage_robust, ArbitragePlan, BatteryArbitrage, BatteryParams, PlanSlot,
+};
+pub use forecast::ForecastWindow;
 pub use host::{ClientIdAllocator, HostConfig, HostSnapshot, StrategyHost};
 pub use params::{ParamValue, StrategyParams, MAX_PARAMS};
 pub use registry::{StrategyConstructor, StrategyInit, StrategyRegistry};

@@ -259,9 +259,10 @@ fn battery_params_json() -> StrategyParams {
     StrategyParams::from_json(&serde_json::json!({
         "max_order_mw": 1.0,
         "min_spread_cny_per_mwh": 20,
-        "energy_mwh": 2,
+        "energy_mwh": 4,
         "soc_min_pct": 0,
         "soc_max_pct": 100,
+        "initial_soc_pct": 50,
         "efficiency": 1,
         "power_mw": 1
     }))
@@ -823,4 +824,97 @@ fn market_data_keys_conflate_by_market_interval_and_kind() {
     assert_ne!(a.key(), book(iv, dec!(1), dec!(2)).key());
     let json = serde_json::to_string(&a).unwrap();
     assert_eq!(serde_json::from_str::<MarketData>(&json).unwrap(), a);
+}
+
+#[test]
+fn robust_day_ahead_plan_from_an_empty_battery_only_stores_energy() {
+    let p = BatteryParams {
+        energy_mwh: dec!(2),
+        ..ideal_params()
+    };
+    let curve = two_peak_curve(2);
+    // The pairing planner sells in the evening what it buys at night: if those buys miss the
+    // auction while the sells clear, the battery is asked for 2 MWh it does not hold.
+    let paired = plan_arbitrage(&p, dec!(0), &curve);
+    assert_eq!(
+        paired
+            .slots
+            .iter()
+            .filter(|s| s.net_sell_mw > Decimal::ZERO)
+            .count(),
+        8
+    );
+    let robust = plan_arbitrage_robust(&p, dec!(0), &curve);
+    let sells = robust
+        .slots
+        .iter()
+        .filter(|s| s.net_sell_mw > Decimal::ZERO)
+        .count();
+    assert_eq!(sells, 0, "nothing is held, so nothing may be sold");
+    let buys: Vec<usize> = (0..96)
+        .filter(|&i| robust.slots[i].net_sell_mw < Decimal::ZERO)
+        .collect();
+    // V = mean forecast = (80 × 300 + Σ112..=119 + Σ672..=679) / 96 = 30328 / 96 ≈ 315.9167;
+    // the 8 cheapest slots fill the 2 MWh of headroom at 1 MW; the bid limit is V rounded down.
+    assert_eq!(buys, (12..20).collect::<Vec<_>>());
+    for i in &buys {
+        assert_eq!(robust.slots[*i].net_sell_mw, dec!(-1));
+        assert_eq!(robust.slots[*i].limit_price_cny_per_mwh, Some(dec!(315.91)));
+    }
+    assert_eq!(robust.end_energy_mwh, dec!(2));
+    // Starting full, it sells the 8 dearest slots (limit V rounded up) and stores nothing.
+    let full = plan_arbitrage_robust(&p, dec!(2), &curve);
+    let sells: Vec<usize> = (0..96)
+        .filter(|&i| full.slots[i].net_sell_mw > Decimal::ZERO)
+        .collect();
+    assert_eq!(sells, (72..80).collect::<Vec<_>>());
+    assert!(sells
+        .iter()
+        .all(|i| full.slots[*i].limit_price_cny_per_mwh == Some(dec!(315.92))));
+    assert!(full.slots.iter().all(|s| s.net_sell_mw >= Decimal::ZERO));
+}
+
+#[test]
+fn the_next_day_plans_from_cleared_positions_not_from_the_previous_plan() {
+    let mut host = battery_host();
+    feed_day(&mut host, 2);
+    // 4 MWh battery at 50 %: 2 MWh held, 2 MWh of headroom: 8 buys, 8 sells.
+    let orders = news(host.on_timer(t(1, 1, 30), &gate(2)).unwrap());
+    assert_eq!(orders.len(), 16);
+    let mut seq = 0;
+    for o in &orders {
+        seq += 1;
+        host.on_exec_report(
+            t(1, 2, 0),
+            &report(seq, &o.client_order_id, ExecKind::Accepted),
+            OrderStatus::Accepted,
+        )
+        .unwrap();
+        seq += 1;
+        // The sells clear, every buy misses the auction.
+        let (kind, status) = if o.side == Side::Sell {
+            let fill = ExecKind::Fill {
+                fill_id: FillId(seq),
+                quantity_mw: o.quantity_mw,
+                price_cny_per_mwh: dec!(700),
+            };
+            (fill, OrderStatus::Filled)
+        } else {
+            (ExecKind::Expired, OrderStatus::Expired)
+        };
+        host.on_exec_report(
+            t(1, 2, 0),
+            &report(seq, &o.client_order_id, kind),
+            status,
+        )
+        .unwrap();
+    }
+    // Next gate, before day 2 is delivered: 2 MWh held − 8 × 1 MW × 0.25 h sold = 0 MWh
+    // (the previous plan expected 2). So day 3 may store energy but sell none.
+    feed_day(&mut host, 3);
+    let day3 = news(host.on_timer(t(2, 1, 30), &gate(3)).unwrap());
+    assert_eq!(day3.len(), 8);
+    assert!(day3.iter().all(|o| o.side == Side::Buy));
+    let intervals = day_intervals(3);
+    assert!(day3.iter().all(|o| intervals[12..20].contains(&o.interval)));
 }
