@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use util::{BackoffConfig, Conflator};
@@ -143,7 +143,28 @@ pub enum AdapterEvent {
     Reconciled(Reconciled),
     /// The venue refused a request (`client_order_id` says which order, when it is one).
     VenueError(ErrorMsg),
+    /// An order handed over with [`WsAdapter::submit_order`] was refused by the adapter
+    /// itself (duplicate id, unknown market, invalid, held buffer full): it never went out.
+    OrderRefused {
+        client_order_id: ClientOrderId,
+        reason: String,
+    },
 }
+
+/// Monotonic instants (ns, of the adapter's clock) carried with an order through the adapter,
+/// handed back to the [`OrderWrittenHook`] once its frame is written to the socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderStamp {
+    /// The market data that caused the order was decoded (0: not caused by market data).
+    pub tick_ns: u64,
+    /// The order was handed to the adapter's owner (e.g. the OMS sent it); 0: unknown.
+    pub handed_ns: u64,
+}
+
+/// Called by the connection task right after a new order's frame was written to the socket,
+/// with the order's stamp and the monotonic time of the write. Runs on the hot path: it must
+/// not block (recording into a histogram is fine).
+pub type OrderWrittenHook = Arc<dyn Fn(&ClientOrderId, OrderStamp, u64) + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AdapterError {
@@ -159,6 +180,8 @@ pub enum AdapterError {
     UnknownMarket(MarketId),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("the adapter's command queue is full (capacity {capacity}); retry later")]
+    Busy { capacity: usize },
 }
 
 /// What happened to an order handed to the adapter.
@@ -265,6 +288,11 @@ impl AdapterEvents {
     pub fn conflated(&self) -> u64 {
         self.md.conflated()
     }
+
+    /// Events (reports, state) queued for the reader now, market data keys aside.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
 }
 
 pub(crate) enum Command {
@@ -277,6 +305,10 @@ pub(crate) enum Command {
         Box<OrderRequest>,
         oneshot::Sender<Result<SendOutcome, AdapterError>>,
     ),
+    /// Fire and forget: a refusal comes back as [`AdapterEvent::OrderRefused`].
+    Submit(Box<OrderRequest>, OrderStamp),
+    /// Fire and forget: a refused cancel is logged (usually a race with the order's end).
+    SubmitCancel(ClientOrderId),
     Cancel(
         ClientOrderId,
         oneshot::Sender<Result<SendOutcome, AdapterError>>,
@@ -298,19 +330,32 @@ pub struct WsAdapter {
     state: watch::Receiver<ConnectionState>,
     stats: Arc<AdapterStats>,
     md: Arc<Conflator>,
+    written: Arc<OnceLock<OrderWrittenHook>>,
 }
+
+/// Capacity of the command queue between the adapter handle and its connection task.
+pub const COMMAND_QUEUE: usize = 1_024;
 
 impl WsAdapter {
     /// Starts the connection task (it connects in the background and never gives up unless
     /// `backoff.max_retries` says so) and returns the adapter and its event stream.
     pub fn connect(cfg: AdapterConfig, clock: Arc<dyn Clock>) -> (WsAdapter, AdapterEvents) {
-        let (cmd_tx, cmd_rx) = mpsc::channel(1_024);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(cfg.event_capacity.max(1));
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting { attempt: 0 });
         let stats = Arc::new(AdapterStats::default());
         let md = Arc::new(Conflator::new(cfg.max_market_keys));
         let venue = cfg.venue.clone();
-        let task = session::Task::new(cfg, clock, ev_tx, state_tx, stats.clone(), md.clone());
+        let written = Arc::new(OnceLock::new());
+        let task = session::Task::new(
+            cfg,
+            clock,
+            ev_tx,
+            state_tx,
+            stats.clone(),
+            md.clone(),
+            Arc::clone(&written),
+        );
         tokio::spawn(task.run(cmd_rx));
         let adapter = WsAdapter {
             venue,
@@ -318,6 +363,7 @@ impl WsAdapter {
             state: state_rx,
             stats,
             md: md.clone(),
+            written,
         };
         (adapter, AdapterEvents { rx: ev_rx, md })
     }
@@ -332,6 +378,33 @@ impl WsAdapter {
     ) -> Result<(), AdapterError> {
         self.call(|tx| Command::Restore(orders, last_account_seq, tx))
             .await?
+    }
+
+    /// Installs the hook told about every new order frame written (once; false if one was
+    /// already installed).
+    pub fn set_order_written_hook(&self, hook: OrderWrittenHook) -> bool {
+        self.written.set(hook).is_ok()
+    }
+
+    /// Hands an order to the connection task without waiting for it: the hot path of a
+    /// connector. `Err(Busy)` only when the command queue is full (nothing was queued); every
+    /// later refusal arrives as [`AdapterEvent::OrderRefused`], never silently.
+    pub fn submit_order(&self, order: OrderRequest, stamp: OrderStamp) -> Result<(), AdapterError> {
+        self.try_command(Command::Submit(Box::new(order), stamp))
+    }
+
+    /// Hands a cancel to the connection task without waiting for it (see [`Self::submit_order`]).
+    pub fn submit_cancel(&self, id: ClientOrderId) -> Result<(), AdapterError> {
+        self.try_command(Command::SubmitCancel(id))
+    }
+
+    fn try_command(&self, cmd: Command) -> Result<(), AdapterError> {
+        self.cmds.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AdapterError::Busy {
+                capacity: COMMAND_QUEUE,
+            },
+            mpsc::error::TrySendError::Closed(_) => AdapterError::Stopped,
+        })
     }
 
     /// A receiver of the connection state (to wait for `Live`).

@@ -17,7 +17,7 @@
 use super::util::{Backoff, Conflator, LogLimiter, MarketItem, MarketUpdate, SlidingWindow};
 use super::{
     inc, AdapterConfig, AdapterError, AdapterEvent, AdapterStats, Command, ConnectionState,
-    Reconciled, SendOutcome,
+    OrderStamp, OrderWrittenHook, Reconciled, SendOutcome,
 };
 use crate::protocol::{
     decode_venue, encode, tif_to_wire, CancelOrder, ChannelData, ClientMsg, ErrorCode,
@@ -26,7 +26,7 @@ use crate::protocol::{
 };
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -39,26 +39,58 @@ use vpp_engine::order::OrderStatus;
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A request waiting to be written.
+/// A request waiting to be written: the wire message itself (encoded straight from here, no
+/// copy) and, for a new order, the stamps its written-hook reports.
 #[derive(Debug, Clone)]
-enum Held {
-    New(NewOrder),
-    Cancel(ClientOrderId),
-    Replace(ReplaceOrder),
+struct Held {
+    msg: ClientMsg,
+    stamp: OrderStamp,
 }
 
 impl Held {
-    fn counts_for_rate(&self) -> bool {
-        !matches!(self, Held::Cancel(_))
+    fn new_order(o: NewOrder, stamp: OrderStamp) -> Self {
+        Self {
+            msg: ClientMsg::NewOrder(o),
+            stamp,
+        }
     }
 
-    fn to_msg(&self) -> ClientMsg {
-        match self {
-            Held::New(o) => ClientMsg::NewOrder(o.clone()),
-            Held::Cancel(id) => ClientMsg::CancelOrder(CancelOrder {
-                client_order_id: id.clone(),
+    fn cancel(id: ClientOrderId) -> Self {
+        Self {
+            msg: ClientMsg::CancelOrder(CancelOrder {
+                client_order_id: id,
             }),
-            Held::Replace(r) => ClientMsg::ReplaceOrder(r.clone()),
+            stamp: OrderStamp::default(),
+        }
+    }
+
+    fn replace(r: ReplaceOrder) -> Self {
+        Self {
+            msg: ClientMsg::ReplaceOrder(r),
+            stamp: OrderStamp::default(),
+        }
+    }
+
+    /// Cancels do not count against the venue's order rate (they reduce risk).
+    fn counts_for_rate(&self) -> bool {
+        !self.is_cancel()
+    }
+
+    fn is_cancel(&self) -> bool {
+        matches!(self.msg, ClientMsg::CancelOrder(_))
+    }
+
+    fn new_id(&self) -> Option<&ClientOrderId> {
+        match &self.msg {
+            ClientMsg::NewOrder(o) => Some(&o.client_order_id),
+            _ => None,
+        }
+    }
+
+    fn cancel_id(&self) -> Option<&ClientOrderId> {
+        match &self.msg {
+            ClientMsg::CancelOrder(c) => Some(&c.client_order_id),
+            _ => None,
         }
     }
 }
@@ -111,6 +143,7 @@ pub(crate) struct Task {
     rate: Option<SlidingWindow>,
     sessions: u64,
     log: LogLimiter,
+    written: Arc<OnceLock<OrderWrittenHook>>,
 }
 
 fn secs(ms: u64) -> Duration {
@@ -125,6 +158,7 @@ impl Task {
         state: watch::Sender<ConnectionState>,
         stats: Arc<AdapterStats>,
         md: Arc<Conflator>,
+        written: Arc<OnceLock<OrderWrittenHook>>,
     ) -> Self {
         let symbols = cfg
             .markets
@@ -151,6 +185,7 @@ impl Task {
                 .map(|r| SlidingWindow::new(r.max_orders, secs(r.window_ms))),
             sessions: 0,
             log: LogLimiter::new(Duration::from_secs(5)),
+            written,
             cfg,
         }
     }
@@ -311,7 +346,14 @@ impl Task {
             if let Err(end) = result {
                 return end;
             }
-            if phase == Phase::Live && !self.held.is_empty() && !rate_armed {
+            if phase == Phase::Live && !self.held.is_empty() {
+                if rate_armed {
+                    // Orders wait for the rate window; cancels do not.
+                    if let Err(e) = self.send_cancels_ahead(&mut ws).await {
+                        return End::Lost(e);
+                    }
+                    continue;
+                }
                 match self.flush(&mut ws).await {
                     Ok(None) => {}
                     Ok(Some(wait)) => {
@@ -325,11 +367,15 @@ impl Task {
     }
 
     /// Sends held requests while the rate window allows; `Some(wait)` when it does not.
+    /// A cancel never waits behind an order the rate window holds (a cancel reduces risk and
+    /// does not count against the rate): it jumps the queue, unless its own order is still
+    /// held (then it keeps its place behind it, so the venue never sees it first).
     async fn flush(&mut self, ws: &mut Ws) -> Result<Option<Duration>, String> {
         while let Some(front) = self.held.front() {
             if front.counts_for_rate() {
                 if let Some(rate) = self.rate.as_mut() {
                     if let Err(wait) = rate.try_acquire(Instant::now()) {
+                        self.send_cancels_ahead(ws).await?;
                         return Ok(Some(wait));
                     }
                 }
@@ -337,13 +383,45 @@ impl Task {
             let Some(item) = self.held.pop_front() else {
                 break;
             };
-            if let Held::New(o) = &item {
-                self.unacked.insert(o.client_order_id.clone());
-                inc(&self.stats.orders_sent);
-            }
-            send(ws, &item.to_msg()).await?;
+            self.write_held(ws, item).await?;
         }
         Ok(None)
+    }
+
+    /// Sends every held cancel whose order already went out, ahead of the rate-held orders.
+    async fn send_cancels_ahead(&mut self, ws: &mut Ws) -> Result<(), String> {
+        if !self.held.iter().any(Held::is_cancel) {
+            return Ok(());
+        }
+        let mut ahead = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.held.len());
+        let mut still_held: HashSet<ClientOrderId> = HashSet::new();
+        for item in self.held.drain(..) {
+            if let Some(id) = item.new_id() {
+                still_held.insert(id.clone());
+            }
+            match item.cancel_id() {
+                Some(id) if !still_held.contains(id) => ahead.push(item),
+                _ => keep.push_back(item),
+            }
+        }
+        self.held = keep;
+        for item in ahead {
+            self.write_held(ws, item).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_held(&mut self, ws: &mut Ws, item: Held) -> Result<(), String> {
+        if let Some(id) = item.new_id() {
+            self.unacked.insert(id.clone());
+            inc(&self.stats.orders_sent);
+        }
+        send(ws, &item.msg).await?;
+        if let (Some(id), Some(hook)) = (item.new_id(), self.written.get()) {
+            hook(id, item.stamp, self.clock.monotonic_ns());
+        }
+        Ok(())
     }
 
     async fn command(&mut self, cmd: Command, ws: Option<&mut Ws>, phase: Phase) {
@@ -364,7 +442,23 @@ impl Task {
                 let _ = reply.send(Ok(()));
             }
             Command::SendOrder(order, reply) => {
-                let _ = reply.send(self.new_order(*order));
+                let _ = reply.send(self.new_order(*order, OrderStamp::default()));
+            }
+            Command::Submit(order, stamp) => {
+                let id = order.client_order_id.clone();
+                if let Err(e) = self.new_order(*order, stamp) {
+                    self.emit(AdapterEvent::OrderRefused {
+                        client_order_id: id,
+                        reason: e.to_string(),
+                    })
+                    .await;
+                }
+            }
+            Command::SubmitCancel(id) => {
+                if let Err(e) = self.cancel(id.clone()) {
+                    // Usually a race with the order's final report (filled, cancelled).
+                    tracing::debug!(venue = %self.cfg.venue, client_order_id = %id, error = %e, "cancel not sent");
+                }
             }
             Command::Cancel(id, reply) => {
                 let result = self.cancel(id);
@@ -372,7 +466,7 @@ impl Task {
             }
             Command::Replace(id, qty, price, reply) => {
                 let result = if self.ledger.contains(&id) {
-                    self.hold(Held::Replace(ReplaceOrder {
+                    self.hold(Held::replace(ReplaceOrder {
                         client_order_id: id,
                         quantity_mw: qty,
                         price_cny_per_mwh: price,
@@ -424,6 +518,7 @@ impl Task {
     fn new_order(
         &mut self,
         req: vpp_engine::order::OrderRequest,
+        stamp: OrderStamp,
     ) -> Result<SendOutcome, AdapterError> {
         if self.ledger.contains(&req.client_order_id) {
             return Err(AdapterError::DuplicateClientOrderId(req.client_order_id));
@@ -461,7 +556,7 @@ impl Task {
         self.ledger
             .apply(&ev)
             .map_err(|e| AdapterError::Invalid(e.to_string()))?;
-        self.hold(Held::New(wire))
+        self.hold(Held::new_order(wire, stamp))
     }
 
     fn cancel(&mut self, id: ClientOrderId) -> Result<SendOutcome, AdapterError> {
@@ -484,7 +579,7 @@ impl Task {
         self.ledger
             .apply(&ev)
             .map_err(|e| AdapterError::Invalid(e.to_string()))?;
-        self.hold(Held::Cancel(id))
+        self.hold(Held::cancel(id))
     }
 
     async fn on_text(
@@ -643,13 +738,7 @@ impl Task {
         let held: HashSet<ClientOrderId> = self
             .held
             .iter()
-            .filter_map(|h| {
-                if let Held::New(o) = h {
-                    Some(o.client_order_id.clone())
-                } else {
-                    None
-                }
-            })
+            .filter_map(|h| h.new_id().cloned())
             .collect();
         let to_check: Vec<ClientOrderId> = self
             .ledger
@@ -692,17 +781,20 @@ impl Task {
             return;
         };
         let (time_in_force, expire_at) = tif_to_wire(r.time_in_force);
-        self.held.push_front(Held::New(NewOrder {
-            client_order_id: id.clone(),
-            market: symbol,
-            product: r.product,
-            interval: r.interval,
-            side: r.side,
-            quantity_mw: r.quantity_mw,
-            price_cny_per_mwh: r.price_cny_per_mwh,
-            time_in_force,
-            expire_at,
-        }));
+        self.held.push_front(Held::new_order(
+            NewOrder {
+                client_order_id: id.clone(),
+                market: symbol,
+                product: r.product,
+                interval: r.interval,
+                side: r.side,
+                quantity_mw: r.quantity_mw,
+                price_cny_per_mwh: r.price_cny_per_mwh,
+                time_in_force,
+                expire_at,
+            },
+            OrderStamp::default(),
+        ));
         sync.summary.orders_resent += 1;
     }
 
