@@ -17,10 +17,12 @@
 //! - Everything the host keeps is bounded ([`MAX_OPEN_ORDERS`], [`MAX_POSITIONS`]).
 
 mod battery;
+mod demand_response;
 mod forecast;
 mod host;
 mod params;
 mod registry;
+mod regulation;
 pub mod rules;
 mod threshold;
 mod timers;
@@ -28,10 +30,12 @@ mod timers;
 pub use battery::{
     plan_arbitrage, plan_arbitrage_robust, ArbitragePlan, BatteryArbitrage, BatteryParams, PlanSlot,
 };
+pub use demand_response::{DemandResponseResponder, DrParams};
 pub use forecast::ForecastWindow;
 pub use host::{ClientIdAllocator, HostConfig, HostSnapshot, StrategyHost};
 pub use params::{ParamValue, StrategyParams, MAX_PARAMS};
 pub use registry::{StrategyConstructor, StrategyInit, StrategyRegistry};
+pub use regulation::{RegulationOffer, RegulationParams};
 pub use rules::RuleStrategy;
 pub use threshold::{RealTimeThreshold, ThresholdParams};
 pub use timers::timers_due;
@@ -125,6 +129,29 @@ pub enum MarketData {
         volume_mw: Decimal,
         at: Timestamp,
     },
+    /// A regulation (ancillary) market cleared an interval: one capacity price for all
+    /// (none when nothing cleared) and the announced mileage price, both CNY/MW.
+    AncillaryResult {
+        market: MarketId,
+        interval: DeliveryInterval,
+        capacity_price_cny_per_mw: Option<Decimal>,
+        mileage_price_cny_per_mw: Decimal,
+        volume_mw: Decimal,
+        at: Timestamp,
+    },
+    /// A demand-response invitation: load reduction in `interval` is paid `price` per MWh,
+    /// up to `target_mw`; responses (sell orders in the DR market) close at `respond_by`.
+    /// `awarded_mw` is set once the window closed.
+    DrInvitation {
+        market: MarketId,
+        interval: DeliveryInterval,
+        event_id: u64,
+        price_cny_per_mwh: Decimal,
+        target_mw: Decimal,
+        respond_by: Timestamp,
+        awarded_mw: Option<Decimal>,
+        at: Timestamp,
+    },
 }
 
 /// Which stream a [`MarketData`] item belongs to.
@@ -134,6 +161,8 @@ pub enum MarketDataKind {
     Price,
     BookTop,
     AuctionResult,
+    AncillaryResult,
+    DrInvitation,
 }
 
 /// Conflation key: two items with the same key describe the same thing; the later one wins.
@@ -149,7 +178,9 @@ impl MarketData {
         match self {
             Self::Price { market, .. }
             | Self::BookTop { market, .. }
-            | Self::AuctionResult { market, .. } => *market,
+            | Self::AuctionResult { market, .. }
+            | Self::AncillaryResult { market, .. }
+            | Self::DrInvitation { market, .. } => *market,
         }
     }
 
@@ -157,15 +188,19 @@ impl MarketData {
         match self {
             Self::Price { interval, .. }
             | Self::BookTop { interval, .. }
-            | Self::AuctionResult { interval, .. } => *interval,
+            | Self::AuctionResult { interval, .. }
+            | Self::AncillaryResult { interval, .. }
+            | Self::DrInvitation { interval, .. } => *interval,
         }
     }
 
     pub fn at(&self) -> Timestamp {
         match self {
-            Self::Price { at, .. } | Self::BookTop { at, .. } | Self::AuctionResult { at, .. } => {
-                *at
-            }
+            Self::Price { at, .. }
+            | Self::BookTop { at, .. }
+            | Self::AuctionResult { at, .. }
+            | Self::AncillaryResult { at, .. }
+            | Self::DrInvitation { at, .. } => *at,
         }
     }
 
@@ -174,6 +209,8 @@ impl MarketData {
             Self::Price { .. } => MarketDataKind::Price,
             Self::BookTop { .. } => MarketDataKind::BookTop,
             Self::AuctionResult { .. } => MarketDataKind::AuctionResult,
+            Self::AncillaryResult { .. } => MarketDataKind::AncillaryResult,
+            Self::DrInvitation { .. } => MarketDataKind::DrInvitation,
         }
     }
 

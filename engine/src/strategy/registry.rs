@@ -2,7 +2,8 @@
 //! its kind with parameters. Kinds are registered once; a duplicate is refused.
 
 use super::{
-    BatteryArbitrage, RealTimeThreshold, RuleStrategy, Strategy, StrategyError, StrategyParams,
+    BatteryArbitrage, DemandResponseResponder, RealTimeThreshold, RegulationOffer, RuleStrategy,
+    Strategy, StrategyError, StrategyParams,
 };
 use crate::ids::{AggregationId, StrategyId};
 use crate::market::Market;
@@ -38,7 +39,8 @@ impl StrategyRegistry {
         Self::default()
     }
 
-    /// A registry holding the built-in kinds: `battery_arbitrage`, `real_time_threshold`, `rules`.
+    /// A registry holding the built-in kinds: `battery_arbitrage`, `real_time_threshold`,
+    /// `rules`, `regulation_offer`, `dr_responder`.
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
         r.kinds.insert(
@@ -51,6 +53,12 @@ impl StrategyRegistry {
         );
         r.kinds
             .insert(RuleStrategy::KIND.to_owned(), RuleStrategy::construct);
+        r.kinds
+            .insert(RegulationOffer::KIND.to_owned(), RegulationOffer::construct);
+        r.kinds.insert(
+            DemandResponseResponder::KIND.to_owned(),
+            DemandResponseResponder::construct,
+        );
         r
     }
 

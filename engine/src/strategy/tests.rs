@@ -616,7 +616,7 @@ fn registry_names_unknown_kinds_and_bad_parameters() {
         .unwrap_err();
     assert!(err
         .to_string()
-        .contains("battery_arbitrage, real_time_threshold"));
+        .contains("battery_arbitrage, dr_responder, real_time_threshold, regulation_offer, rules"));
     let bad = StrategyParams::new().with("efficiency", dec!(1.5)).unwrap();
     let err = reg
         .create(&init("battery_arbitrage", day_ahead(), bad))
@@ -902,12 +902,8 @@ fn the_next_day_plans_from_cleared_positions_not_from_the_previous_plan() {
         } else {
             (ExecKind::Expired, OrderStatus::Expired)
         };
-        host.on_exec_report(
-            t(1, 2, 0),
-            &report(seq, &o.client_order_id, kind),
-            status,
-        )
-        .unwrap();
+        host.on_exec_report(t(1, 2, 0), &report(seq, &o.client_order_id, kind), status)
+            .unwrap();
     }
     // Next gate, before day 2 is delivered: 2 MWh held − 8 × 1 MW × 0.25 h sold = 0 MWh
     // (the previous plan expected 2). So day 3 may store energy but sell none.
@@ -917,4 +913,168 @@ fn the_next_day_plans_from_cleared_positions_not_from_the_previous_plan() {
     assert!(day3.iter().all(|o| o.side == Side::Buy));
     let intervals = day_intervals(3);
     assert!(day3.iter().all(|o| intervals[12..20].contains(&o.interval)));
+}
+
+// ---------------------------------------------------------------- regulation and DR
+
+fn capacity(up_kw: Decimal, down_kw: Decimal) -> CapacityUpdate {
+    CapacityUpdate {
+        aggregation_id: AggregationId(3),
+        capacity: AggregatedCapacity {
+            up_flex_kw: up_kw,
+            down_flex_kw: down_kw,
+            energy_kwh: dec!(0),
+            charge_headroom_kwh: dec!(0),
+            available_resources: 1,
+        },
+        storage: None,
+        at: t(1, 0, 0),
+    }
+}
+
+fn host_of(kind: &str, m: Market, params: serde_json::Value) -> StrategyHost {
+    let reg = StrategyRegistry::with_builtins();
+    let s = reg
+        .create(&init(kind, m, StrategyParams::from_json(&params).unwrap()))
+        .unwrap();
+    StrategyHost::new(s, HostConfig::new(StrategyId(7), AggregationId(3))).unwrap()
+}
+
+fn interval_at(h: u32, m: u32) -> DeliveryInterval {
+    DeliveryInterval::containing(t(2, h, m))
+}
+
+#[test]
+fn regulation_offer_offers_the_held_back_headroom_before_the_gate() {
+    let reg_market = market(4, MarketKind::Regulation);
+    let params = serde_json::json!({
+        "reserve_pct": 40, "max_offer_mw": 1, "min_price_cny_per_mw": 30,
+        "undercut_pct": 10, "lead_intervals": 8
+    });
+    let mut host = host_of("regulation_offer", reg_market.clone(), params);
+    let start = |iv: DeliveryInterval| Timer::IntervalStart { interval: iv };
+    // No capacity yet: no headroom, no offer.
+    assert!(host
+        .on_timer(t(2, 10, 0), &start(interval_at(10, 0)))
+        .unwrap()
+        .is_empty());
+    // min(4 MW up, 2 MW down) × 40 % = 0.8 MW, under the 1 MW cap; no clearing yet: 30.
+    host.on_capacity(t(2, 10, 1), &capacity(dec!(4000), dec!(2000)))
+        .unwrap();
+    let o = news(
+        host.on_timer(t(2, 10, 15), &start(interval_at(10, 15)))
+            .unwrap(),
+    );
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].interval, interval_at(12, 15));
+    assert_eq!(o[0].side, Side::Sell);
+    assert_eq!(o[0].product, Product::RegulationCapacity);
+    assert_eq!(o[0].time_in_force, TimeInForce::Day);
+    assert_eq!(o[0].quantity_mw, dec!(0.8));
+    assert_eq!(o[0].price_cny_per_mwh, dec!(30));
+    // A clearing at 48.28 CNY/MW: the next offer undercuts it by 10 % = 43.452 → 43.45.
+    let result = MarketData::AncillaryResult {
+        market: reg_market.id,
+        interval: interval_at(10, 15),
+        capacity_price_cny_per_mw: Some(dec!(48.28)),
+        mileage_price_cny_per_mw: dec!(12),
+        volume_mw: dec!(50),
+        at: t(2, 10, 16),
+    };
+    host.on_market_data(t(2, 10, 16), &result).unwrap();
+    // Bigger flexibility now: min(5, 5) × 40 % = 2 MW, capped at 1 MW.
+    host.on_capacity(t(2, 10, 20), &capacity(dec!(5000), dec!(5000)))
+        .unwrap();
+    let o = news(
+        host.on_timer(t(2, 10, 30), &start(interval_at(10, 30)))
+            .unwrap(),
+    );
+    assert_eq!(o.len(), 1);
+    assert_eq!(
+        (o[0].quantity_mw, o[0].price_cny_per_mwh),
+        (dec!(1), dec!(43.45))
+    );
+    // The same timer again offers nothing more for that interval.
+    assert!(host
+        .on_timer(t(2, 10, 31), &start(interval_at(10, 30)))
+        .unwrap()
+        .is_empty());
+    // Past the 60-minute gate of the target interval (lead 8 → 2 h ahead, late timer): none.
+    assert!(host
+        .on_timer(t(2, 11, 50), &start(interval_at(10, 45)))
+        .unwrap()
+        .is_empty());
+    // A day-ahead market is refused by name.
+    let err = StrategyRegistry::with_builtins()
+        .create(&init(
+            "regulation_offer",
+            day_ahead(),
+            StrategyParams::from_json(&serde_json::json!({})).unwrap(),
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("regulation market"), "{err}");
+}
+
+fn invitation(event_id: u64, price: Decimal, respond_by: Timestamp) -> MarketData {
+    MarketData::DrInvitation {
+        market: MarketId(5),
+        interval: interval_at(12, 0),
+        event_id,
+        price_cny_per_mwh: price,
+        target_mw: dec!(20),
+        respond_by,
+        awarded_mw: None,
+        at: t(2, 10, 0),
+    }
+}
+
+#[test]
+fn dr_responder_accepts_only_invitations_that_beat_the_opportunity_cost() {
+    let dr = market(5, MarketKind::DemandResponse);
+    let params = serde_json::json!({
+        "opportunity_cost_cny_per_mwh": 500, "min_margin_cny_per_mwh": 50, "max_mw": 5
+    });
+    let mut host = host_of("dr_responder", dr, params);
+    host.on_capacity(t(2, 9, 0), &capacity(dec!(3000), dec!(0)))
+        .unwrap();
+    // 540 − 500 = 40 < 50 margin: declined.
+    assert!(host
+        .on_market_data(t(2, 10, 0), &invitation(1, dec!(540), t(2, 11, 0)))
+        .unwrap()
+        .is_empty());
+    // 612.87 − 500 ≥ 50: min(target 20, max 5, up flex 3) = 3 MW asking 500 + 50 = 550.
+    let o = news(
+        host.on_market_data(t(2, 10, 0), &invitation(2, dec!(612.87), t(2, 11, 0)))
+            .unwrap(),
+    );
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].side, Side::Sell);
+    assert_eq!(o[0].product, Product::DemandResponse);
+    assert_eq!(
+        (o[0].quantity_mw, o[0].price_cny_per_mwh),
+        (dec!(3), dec!(550))
+    );
+    assert_eq!(o[0].interval, interval_at(12, 0));
+    // The same invitation again (a snapshot resend): answered once only.
+    assert!(host
+        .on_market_data(t(2, 10, 5), &invitation(2, dec!(612.87), t(2, 11, 0)))
+        .unwrap()
+        .is_empty());
+    // After respond_by: too late.
+    assert!(host
+        .on_market_data(t(2, 11, 0), &invitation(3, dec!(900), t(2, 11, 0)))
+        .unwrap()
+        .is_empty());
+    // The cost parameter is required, and named.
+    let err = StrategyRegistry::with_builtins()
+        .create(&init(
+            "dr_responder",
+            market(5, MarketKind::DemandResponse),
+            StrategyParams::from_json(&serde_json::json!({})).unwrap(),
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("opportunity_cost_cny_per_mwh"),
+        "{err}"
+    );
 }
