@@ -20,6 +20,7 @@ mod battery;
 mod demand_response;
 mod forecast;
 mod host;
+pub mod paper;
 mod params;
 mod registry;
 mod regulation;
@@ -33,6 +34,7 @@ pub use battery::{
 pub use demand_response::{DemandResponseResponder, DrParams};
 pub use forecast::ForecastWindow;
 pub use host::{ClientIdAllocator, HostConfig, HostSnapshot, StrategyHost};
+pub use paper::{settle_on_paper, PaperPnl, PaperVenue, RecordedIntent};
 pub use params::{ParamValue, StrategyParams, MAX_PARAMS};
 pub use registry::{StrategyConstructor, StrategyInit, StrategyRegistry};
 pub use regulation::{RegulationOffer, RegulationParams};
