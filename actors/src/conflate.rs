@@ -21,7 +21,7 @@
 //! publish or [`ConflatedSender::flush_wake`] retries; the data itself stays in the map.
 
 use crate::mailbox::{ActorName, Refusable, Refused};
-use crate::metrics::{names, Counter, Metrics};
+use crate::metrics::{names, Counter, Gauge, Metrics};
 use actix::prelude::SendError;
 use actix::{Message, Recipient};
 use std::collections::HashMap;
@@ -110,6 +110,8 @@ pub struct ConflatorStats {
     pub wakes_deferred: u64,
     /// Highest number of wakes ever queued at once (1 by construction).
     pub max_queued_wakes: usize,
+    /// Most keys ever waiting for the consumer at once (at most `max_keys`).
+    pub max_pending: usize,
 }
 
 struct Inner<K, V> {
@@ -121,7 +123,10 @@ struct Inner<K, V> {
     delivered: AtomicU64,
     conflated: AtomicU64,
     refused_keys_full: AtomicU64,
+    max_pending: AtomicUsize,
     conflated_metric: Counter,
+    /// `vpp_queue_depth_max{queue=md/<consumer>}`: the high-water mark of pending keys.
+    depth_metric: Gauge,
 }
 
 /// The consumer side of a conflated stream (and the factory of its senders).
@@ -147,6 +152,8 @@ where
         let max_keys = max_keys.max(1);
         let conflated_metric =
             metrics.counter(names::CONFLATED_TOTAL, &[("consumer", consumer.as_str())]);
+        let queue = format!("md/{consumer}");
+        let depth_metric = metrics.gauge(names::QUEUE_DEPTH_MAX, &[("queue", queue.as_str())]);
         Self {
             inner: Arc::new(Inner {
                 consumer,
@@ -157,7 +164,9 @@ where
                 delivered: AtomicU64::new(0),
                 conflated: AtomicU64::new(0),
                 refused_keys_full: AtomicU64::new(0),
+                max_pending: AtomicUsize::new(0),
                 conflated_metric,
+                depth_metric,
             }),
         }
     }
@@ -218,6 +227,7 @@ where
             wakes_sent: w.sent.load(Ordering::Relaxed),
             wakes_deferred: w.deferred.load(Ordering::Relaxed),
             max_queued_wakes: w.max_queued.load(Ordering::SeqCst),
+            max_pending: self.inner.max_pending.load(Ordering::Relaxed),
         }
     }
 }
@@ -264,6 +274,11 @@ where
             });
         } else {
             slots.insert(key, value);
+            let pending = slots.len();
+            if pending > inner.max_pending.load(Ordering::Relaxed) {
+                inner.max_pending.fetch_max(pending, Ordering::Relaxed);
+                inner.depth_metric.set_max(pending as i64);
+            }
         }
         inner.published.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -56,6 +56,9 @@ pub mod names {
     pub const TELEMETRY_SAMPLES_TOTAL: &str = "vpp_telemetry_samples_total";
     /// Gauge: 1 while an actor is halted past its restart limit (label `actor`).
     pub const ACTOR_HALTED: &str = "vpp_actor_halted";
+    /// Gauge: the deepest a bounded queue has been (label `queue`): the connector's command
+    /// queue, its outbox to the OMS, the adapter's event queue, a strategy's market data keys.
+    pub const QUEUE_DEPTH_MAX: &str = "vpp_queue_depth_max";
 }
 
 /// A stage of the tick-to-order and telemetry pipelines.
@@ -213,6 +216,10 @@ impl Gauge {
     }
     pub fn get(&self) -> i64 {
         self.value.load(Ordering::Relaxed)
+    }
+    /// Raises the gauge to `v` if it is higher (a high-water mark, e.g. a queue's depth).
+    pub fn set_max(&self, v: i64) {
+        self.value.fetch_max(v, Ordering::Relaxed);
     }
 }
 

@@ -2,35 +2,49 @@
 //! reconnect with backoff and jitter, heartbeats, resubscription and reconciliation).
 //!
 //! It turns OMS commands into adapter calls and adapter events into engine types: execution
-//! reports go to the OMS with an awaited `send` (back-pressure, never dropped); market data is
-//! converted once and written into every strategy's conflator (latest value per key wins);
-//! connection state goes to the health registry.
+//! reports go to the OMS in order through a bounded outbox (back-pressure, never dropped);
+//! market data is converted once and written into every strategy's conflator (latest value per
+//! key wins); connection state goes to the health registry.
+//!
+//! Hot path: nothing between an OMS command and the adapter's socket task is awaited. Orders and
+//! cancels are handed over with `submit_order` / `submit_cancel` (a bounded `try_send`); an order
+//! the adapter refuses comes back as an event and goes to the OMS as `SendFailed`.
 //!
 //! Latency it records: `market_data_decode{scope=<venue>}` (wire item to engine type),
-//! `oms_to_wire{scope=<venue>}` (OMS hand-off to the frame handed to the socket task),
-//! `oms_to_wire{scope=tick_to_order}` (market data decoded to order handed to the socket task),
+//! `oms_to_wire{scope=<venue>}` (OMS hand-off to the order frame written to the socket),
+//! `oms_to_wire{scope=tick_to_order}` (market data decoded to the order frame written),
 //! `venue_roundtrip_ack{scope=<venue>}` (order handed over to its accept/reject report).
+//! Queue high-water marks: `vpp_queue_depth_max{queue=connector_cmds/<venue>}`,
+//! `{queue=connector_outbox/<venue>}`, `{queue=adapter_events/<venue>}`.
 //!
-//! Invariant: the map of orders awaiting their ack is bounded ([`MAX_AWAITING_ACK`]).
+//! Invariants:
+//! - The map of orders awaiting their ack is bounded ([`MAX_AWAITING_ACK`]).
+//! - Messages to the OMS keep their order: while the outbox holds anything, new ones queue
+//!   behind it and no adapter event is read, so the outbox never holds more than a few.
 
 use super::messages::{ConnectorCmd, MdSender, ToOms, ToRisk};
 use crate::health::{Health, HealthRegistry};
 use crate::mailbox::BoundedSender;
 use crate::metrics::{Gauge, Metrics, Stage};
+use actix::prelude::SendError;
 use actix::Recipient;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use vpp_engine::clock::Clock;
 use vpp_engine::ids::{ClientOrderId, MarketId};
 use vpp_engine::order::ExecKind;
 use vpp_engine::strategy::{MarketData, PriceLevel};
 use vpp_market_adapters::client::{
-    AdapterEvent, AdapterEvents, ConnectionState, MarketItem, MarketUpdate, VenueAdapter, WsAdapter,
+    AdapterEvent, AdapterEvents, ConnectionState, MarketItem, MarketUpdate, OrderStamp,
+    VenueAdapter, WsAdapter,
 };
 
 /// Most orders tracked between hand-over and ack for the round-trip histogram.
 pub const MAX_AWAITING_ACK: usize = 10_000;
+/// How long the connector waits before retrying a full OMS mailbox.
+const OUTBOX_RETRY: Duration = Duration::from_micros(200);
 
 pub struct ConnectorWiring {
     pub venue: String,
@@ -79,7 +93,24 @@ pub fn to_engine(
             volume_mw: a.volume_mw,
             at,
         },
-        MarketItem::Ancillary(_) | MarketItem::DrEvent(_) => return None,
+        MarketItem::Ancillary(a) => MarketData::AncillaryResult {
+            market,
+            interval: a.interval,
+            capacity_price_cny_per_mw: a.capacity_price_cny_per_mw,
+            mileage_price_cny_per_mw: a.mileage_price_cny_per_mw,
+            volume_mw: a.volume_mw,
+            at,
+        },
+        MarketItem::DrEvent(e) => MarketData::DrInvitation {
+            market,
+            interval: e.interval,
+            event_id: e.event_id,
+            price_cny_per_mwh: e.price_cny_per_mwh,
+            target_mw: e.target_mw,
+            respond_by: e.respond_by,
+            awarded_mw: e.awarded_mw,
+            at,
+        },
     })
 }
 
@@ -88,6 +119,11 @@ struct Connector {
     adapter: Arc<WsAdapter>,
     awaiting_ack: HashMap<ClientOrderId, u64>,
     connected: Gauge,
+    /// Messages for the OMS its mailbox had no room for yet, in order.
+    outbox: VecDeque<ToOms>,
+    cmds_depth: Gauge,
+    outbox_depth: Gauge,
+    events_depth: Gauge,
 }
 
 impl Connector {
@@ -96,38 +132,32 @@ impl Connector {
     }
 
     async fn command(&mut self, cmd: ConnectorCmd) {
-        let clock = Arc::clone(&self.w.clock);
         match cmd {
             ConnectorCmd::New {
                 request,
                 t0_ns,
                 oms_ns,
             } => {
+                // Not awaited: the socket task writes the frame and the written-hook records
+                // `oms_to_wire` and `tick_to_order` at that moment.
+                let stamp = OrderStamp {
+                    tick_ns: t0_ns,
+                    handed_ns: oms_ns,
+                };
                 let id = request.client_order_id.clone();
-                match self.adapter.send_order(request).await {
-                    Ok(_) => {
-                        let now_ns = clock.monotonic_ns();
-                        let m = &self.w.metrics;
-                        m.latency(Stage::OmsToWire, &self.w.venue)
-                            .record_between(oms_ns, now_ns);
-                        if t0_ns > 0 {
-                            m.latency(Stage::OmsToWire, "tick_to_order")
-                                .record_between(t0_ns, now_ns);
-                        }
+                match self.adapter.submit_order(request, stamp) {
+                    Ok(()) => {
                         if self.awaiting_ack.len() >= MAX_AWAITING_ACK {
                             self.awaiting_ack.clear();
                         }
-                        self.awaiting_ack.insert(id, now_ns);
+                        self.awaiting_ack.insert(id, self.w.clock.monotonic_ns());
                     }
-                    Err(e) => {
-                        self.send_failed(id, e.to_string()).await;
-                    }
+                    Err(e) => self.send_failed(id, e.to_string()),
                 }
             }
             ConnectorCmd::Cancel(id) => {
-                if let Err(e) = self.adapter.cancel(id.clone()).await {
-                    // Usually a race with the order's final report (filled, cancelled).
-                    tracing::debug!(client_order_id = %id, error = %e, "cancel not sent");
+                if let Err(e) = self.adapter.submit_cancel(id.clone()) {
+                    tracing::warn!(client_order_id = %id, error = %e, "cancel not handed to the adapter");
                 }
             }
             ConnectorCmd::Replace {
@@ -146,13 +176,33 @@ impl Connector {
         }
     }
 
-    async fn send_failed(&self, client_order_id: ClientOrderId, reason: String) {
-        let msg = ToOms::SendFailed {
+    fn send_failed(&mut self, client_order_id: ClientOrderId, reason: String) {
+        self.to_oms(ToOms::SendFailed {
             client_order_id,
             reason,
-        };
-        if let Err(e) = self.w.oms.send(msg).await {
-            tracing::error!(error = %e, "OMS unreachable for a send failure");
+        });
+    }
+
+    /// Hands a message to the OMS behind anything already waiting; a full mailbox keeps it
+    /// in the outbox (retried by the run loop), a closed one is logged.
+    fn to_oms(&mut self, msg: ToOms) {
+        self.outbox.push_back(msg);
+        self.outbox_depth.set_max(self.outbox.len() as i64);
+        self.drain_outbox();
+    }
+
+    fn drain_outbox(&mut self) {
+        while let Some(msg) = self.outbox.pop_front() {
+            match self.w.oms.try_send(msg) {
+                Ok(()) => {}
+                Err(SendError::Full(msg)) => {
+                    self.outbox.push_front(msg);
+                    return;
+                }
+                Err(SendError::Closed(msg)) => {
+                    tracing::error!(message = ?msg, "OMS unreachable; message lost at shutdown");
+                }
+            }
         }
     }
 
@@ -167,14 +217,16 @@ impl Connector {
                             .record_between(sent, self.w.clock.monotonic_ns());
                     }
                 }
-                // Awaited: a busy OMS slows the connector down, it never loses a report.
-                match self.w.oms.send(ToOms::Report(report)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(refused)) => {
-                        tracing::error!(reason = %refused, "OMS refused an exec report")
-                    }
-                    Err(e) => tracing::error!(error = %e, "OMS unreachable for an exec report"),
-                }
+                // In order through the outbox: a busy OMS slows the connector down (no event is
+                // read while the outbox waits), it never loses a report.
+                self.to_oms(ToOms::Report(report));
+            }
+            AdapterEvent::OrderRefused {
+                client_order_id,
+                reason,
+            } => {
+                self.awaiting_ack.remove(&client_order_id);
+                self.send_failed(client_order_id, reason);
             }
             AdapterEvent::MarketData(update) => self.market_data(&update),
             AdapterEvent::Connection(state) => self.connection(&state),
@@ -247,6 +299,24 @@ impl Connector {
     }
 }
 
+/// Records `oms_to_wire{scope=<venue>}` and `oms_to_wire{scope=tick_to_order}` when the
+/// adapter's socket task has written an order's frame.
+fn install_written_hook(w: &ConnectorWiring, adapter: &WsAdapter) {
+    let to_wire = w.metrics.latency(Stage::OmsToWire, &w.venue);
+    let tick_to_order = w.metrics.latency(Stage::OmsToWire, "tick_to_order");
+    let hook = move |_: &ClientOrderId, stamp: OrderStamp, written_ns: u64| {
+        if stamp.handed_ns > 0 {
+            to_wire.record_between(stamp.handed_ns, written_ns);
+        }
+        if stamp.tick_ns > 0 {
+            tick_to_order.record_between(stamp.tick_ns, written_ns);
+        }
+    };
+    if !adapter.set_order_written_hook(Arc::new(hook)) {
+        tracing::warn!(venue = %w.venue, "the adapter already reports written orders elsewhere");
+    }
+}
+
 /// Runs the connector until the command channel closes (daemon shutdown).
 pub async fn run_connector(
     w: ConnectorWiring,
@@ -257,24 +327,48 @@ pub async fn run_connector(
     let connected = w
         .metrics
         .gauge("vpp_venue_connected", &[("venue", w.venue.as_str())]);
+    let depth = |queue: &str| {
+        let label = format!("{queue}/{}", w.venue);
+        w.metrics
+            .gauge(crate::metrics::names::QUEUE_DEPTH_MAX, &[("queue", &label)])
+    };
+    let (cmds_depth, outbox_depth, events_depth) = (
+        depth("connector_cmds"),
+        depth("connector_outbox"),
+        depth("adapter_events"),
+    );
+    install_written_hook(&w, &adapter);
     let mut c = Connector {
         w,
         adapter,
         awaiting_ack: HashMap::new(),
         connected,
+        outbox: VecDeque::new(),
+        cmds_depth,
+        outbox_depth,
+        events_depth,
     };
     loop {
+        let blocked = !c.outbox.is_empty();
         tokio::select! {
             biased;
             cmd = cmds.recv() => match cmd {
-                Some(cmd) => c.command(cmd).await,
+                Some(cmd) => {
+                    c.cmds_depth.set_max(cmds.len() as i64 + 1);
+                    c.command(cmd).await
+                }
                 None => break,
             },
-            ev = events.recv() => match ev {
-                Some(ev) => c.event(ev).await,
+            _ = tokio::time::sleep(OUTBOX_RETRY), if blocked => c.drain_outbox(),
+            ev = events.recv(), if !blocked => match ev {
+                Some(ev) => {
+                    c.events_depth.set_max(events.queued() as i64 + 1);
+                    c.event(ev).await
+                }
                 None => break,
             },
         }
     }
+    c.drain_outbox();
     tracing::info!(venue = %c.w.venue, "market connector stopped");
 }

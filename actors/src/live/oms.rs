@@ -261,6 +261,43 @@ impl OmsLogic {
         }
     }
 
+    /// The adapter refused the order: it never went out. It ends `Rejected` in the ledger and
+    /// the journal (a local report), so it neither stays `New` for ever nor is resent by the
+    /// reconciliation of the next start; its strategy hears the reason.
+    fn send_failed(&mut self, id: ClientOrderId, reason: String) {
+        tracing::error!(client_order_id = %id, %reason, "order could not be handed to the venue adapter");
+        let (request, seq) = {
+            let ledger = self.ledger();
+            let request = ledger
+                .order(&id)
+                .filter(|o| o.last_report_seq == 0 && o.is_open())
+                .map(|o| o.request.clone());
+            // Above the order's own sequence (0) without raising the account's high-water
+            // mark, which start-up recovery asks the venue for reports after.
+            (request, ledger.last_report_seq().max(1))
+        };
+        let Some(request) = request else {
+            return; // unknown, or the venue already reported on it: its reports decide
+        };
+        let report = ExecReport {
+            seq,
+            client_order_id: id.clone(),
+            venue_order_id: None,
+            kind: vpp_engine::order::ExecKind::Rejected {
+                reason: format!("not sent: {reason}"),
+            },
+            at: self.w.clock.now(),
+        };
+        let event = OrderEvent {
+            client_order_id: id.clone(),
+            at: report.at,
+            kind: OrderEventKind::Report { report },
+        };
+        self.record(event);
+        self.deferred_cancels.remove(&id);
+        self.refuse(&request, "venue_adapter", reason);
+    }
+
     fn cancel_where(&mut self, pred: impl Fn(&vpp_engine::order::Order) -> bool, reason: &str) {
         let ids: Vec<ClientOrderId> = self
             .ledger()
@@ -309,16 +346,7 @@ impl Handles<ToOms> for OmsLogic {
             ToOms::SendFailed {
                 client_order_id,
                 reason,
-            } => {
-                let request = self
-                    .ledger()
-                    .order(&client_order_id)
-                    .map(|o| o.request.clone());
-                tracing::error!(%client_order_id, %reason, "order could not be handed to the venue adapter");
-                if let Some(request) = request {
-                    self.refuse(&request, "venue_adapter", reason);
-                }
-            }
+            } => self.send_failed(client_order_id, reason),
             ToOms::HaltStrategy(id) => {
                 self.cancel_where(|o| o.request.strategy_id == Some(id), "strategy halted")
             }
@@ -336,5 +364,83 @@ impl Handles<ToOms> for OmsLogic {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use rust_decimal::Decimal;
+    use std::collections::HashMap;
+    use vpp_engine::clock::ManualClock;
+    use vpp_engine::ids::{AggregationId, MarketId};
+    use vpp_engine::market::{DeliveryInterval, Product};
+    use vpp_engine::order::{OrderStatus, Side, TimeInForce};
+
+    #[tokio::test]
+    async fn an_order_the_adapter_refuses_ends_rejected_and_is_not_open_after_a_replay() {
+        let start = chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(start));
+        let dir = std::env::temp_dir().join(format!("vpp-oms-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("j.db").display());
+        let store = vpp_persistence::Store::open(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let journal = store
+            .start_journal(vpp_persistence::JournalConfig::default())
+            .await
+            .unwrap()
+            .writer;
+        let ledger: SharedLedger = Arc::new(Mutex::new(OrderLedger::new()));
+        let (conn_tx, mut conn_rx) = mpsc::channel(8);
+        let mut oms = OmsLogic::new(OmsWiring {
+            ledger: Arc::clone(&ledger),
+            journal: journal.clone(),
+            connector: conn_tx,
+            risk: Arc::new(OnceLock::new()),
+            strategies: Arc::new(Mutex::new(HashMap::new())),
+            dispatch: Vec::new(),
+            clock,
+            metrics: Metrics::new(),
+        });
+        let id = ClientOrderId::new("s1b1-1").unwrap();
+        let request = OrderRequest {
+            client_order_id: id.clone(),
+            strategy_id: Some(StrategyId(1)),
+            aggregation_id: AggregationId(1),
+            market_id: MarketId(1),
+            product: Product::Energy,
+            interval: DeliveryInterval::containing(start + chrono::Duration::hours(2)),
+            side: Side::Sell,
+            quantity_mw: Decimal::ONE,
+            price_cny_per_mwh: Decimal::from(300),
+            time_in_force: TimeInForce::Gtc,
+        };
+        let intent = Intent {
+            intent: OrderIntent::New(request),
+            t0_ns: 0,
+        };
+        oms.handle(ToOms::Approved(intent)).unwrap();
+        assert!(matches!(conn_rx.try_recv(), Ok(ConnectorCmd::New { .. })));
+        let failed = ToOms::SendFailed {
+            client_order_id: id.clone(),
+            reason: "market id 1 has no venue symbol".into(),
+        };
+        oms.handle(failed.clone()).unwrap();
+        {
+            let ledger = ledger.lock().unwrap();
+            assert_eq!(ledger.order(&id).unwrap().status, OrderStatus::Rejected);
+            assert_eq!(ledger.open_orders().count(), 0);
+        }
+        // A second failure for the same order changes nothing.
+        oms.handle(failed).unwrap();
+        journal.flush().await.unwrap();
+        // What the next start replays: the order is finished, so nothing is resent.
+        let (replayed, _) = store.replay_journal().await.unwrap();
+        assert_eq!(replayed.order(&id).unwrap().status, OrderStatus::Rejected);
+        assert_eq!(replayed.open_orders().count(), 0);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
