@@ -31,6 +31,7 @@ mod naive;
 mod prices;
 mod report;
 mod runner;
+pub mod session;
 
 pub use naive::NaiveThreshold;
 pub use prices::{
@@ -38,6 +39,7 @@ pub use prices::{
 };
 pub use report::{BacktestReport, DayRow, IntervalRow, StrategyReport};
 pub use runner::{run, StrategySetup};
+pub use session::{parse_session, replay_session, SessionEvent, SessionOutcome};
 
 use crate::ids::{ClientOrderId, MarketId, StrategyId};
 use crate::ledger::{OrderEvent, Outcome};
