@@ -409,11 +409,7 @@ impl RiskEngine {
             (Some(b), None) => {
                 let mut s = StorageSchedule::new(b, now_index, horizon);
                 for (idx, e) in seed {
-                    s.add(
-                        idx,
-                        e.worst_net_sold_mw(),
-                        e.filled_net_sold_mw() - e.open_buy_mw,
-                    );
+                    s.add(idx, e.filled_net_sold_mw(), e.open_sell_mw, e.open_buy_mw);
                 }
                 agg.storage = Some(s);
             }
@@ -785,11 +781,10 @@ impl RiskEngine {
             .get_mut(&o.aggregation_id)
             .and_then(|a| a.storage.as_mut());
         if let Some(s) = storage {
-            let (low, high) = match o.side {
-                Side::Sell => (d_open + d_filled, d_filled),
-                Side::Buy => (-d_filled, -d_filled - d_open),
-            };
-            s.add(o.interval_index, low, high);
+            match o.side {
+                Side::Sell => s.add(o.interval_index, d_filled, d_open, Decimal::ZERO),
+                Side::Buy => s.add(o.interval_index, -d_filled, Decimal::ZERO, d_open),
+            }
         }
     }
 

@@ -568,6 +568,54 @@ fn storage_budget_limits_sells_across_consecutive_intervals() {
 }
 
 #[test]
+fn a_day_ahead_plan_may_sell_energy_it_buys_earlier_in_the_same_auction() {
+    let (mut e, mut oms) = (engine(), Oms::new());
+    let budget = StorageBudget {
+        energy_kwh: dec!(1500),
+        soc_min_kwh: dec!(500),
+        soc_max_kwh: dec!(2000),
+        round_trip_efficiency: dec!(0.9),
+    };
+    e.set_storage_budget(AGG, Some(budget), now()).unwrap();
+    let bid = |id, h, side, q| req(id, DA, iv(h, 0), side, q, dec!(300));
+    // Alone: 1000 kWh above the minimum = 4 MW for one interval.
+    assert_eq!(code(&e, &bid("x", 20, Side::Sell, dec!(4)), now()), None);
+    assert_eq!(
+        code(&e, &bid("x", 20, Side::Sell, dec!(4.001)), now()),
+        Some(RejectCode::StorageEnergy)
+    );
+    // Buy 2 MW at local 01:00 (17:00Z): if it fills it stores 2 × 250 × 0.9 = 450 kWh.
+    oms.submit(&mut e, &bid("night", 17, Side::Buy, dec!(2)))
+        .unwrap();
+    // Later in the same auction the battery may sell it: 1450 kWh = 5.8 MW, just inside.
+    assert_eq!(
+        code(&e, &bid("peak", 20, Side::Sell, dec!(5.8)), now()),
+        None
+    );
+    assert_eq!(
+        code(&e, &bid("peak", 20, Side::Sell, dec!(5.801)), now()),
+        Some(RejectCode::StorageEnergy)
+    );
+    // Never energy it will not have had: not in the buy's own interval, not before it.
+    assert_eq!(code(&e, &bid("same", 17, Side::Sell, dec!(4)), now()), None);
+    assert_eq!(
+        code(&e, &bid("same", 17, Side::Sell, dec!(4.001)), now()),
+        Some(RejectCode::StorageEnergy)
+    );
+    assert_eq!(
+        code(&e, &bid("before", 16, Side::Sell, dec!(4.001)), now()),
+        Some(RejectCode::StorageEnergy)
+    );
+    // Once the peak sell stands, an earlier sell has nothing left to take.
+    oms.submit(&mut e, &bid("peak", 20, Side::Sell, dec!(5.8)))
+        .unwrap();
+    assert_eq!(
+        code(&e, &bid("early", 18, Side::Sell, dec!(0.001)), now()),
+        Some(RejectCode::StorageEnergy)
+    );
+}
+
+#[test]
 fn self_trade_prevention_in_the_continuous_market_only() {
     let (mut e, mut oms) = (engine(), Oms::new());
     oms.submit(

@@ -4,19 +4,29 @@
 //!
 //! Model (deliberately simple and conservative): all net energy an aggregation with a budget
 //! sells or buys moves through its storage. Per interval slot `t` (slot 0 is the current
-//! interval) two worst-case schedules are kept:
-//! - `net_low_mw[t]`  = filled net sold + open sells (sells fill, buys do not): drives the
-//!   lowest energy path, checked against `soc_min_kwh`;
-//! - `net_high_mw[t]` = filled net sold − open buys (buys fill, sells do not): drives the
-//!   highest path, checked against `soc_max_kwh`.
+//! interval) three schedules are kept, in MW net sold:
+//! - `net_point_mw[t]` = filled net sold + open sells: the lowest point *within* slot `t`,
+//!   where the slot's own open buys do not count (its sells may be delivered first);
+//! - `net_carry_mw[t]` = filled net sold + open sells − open buys: what slot `t` carries into
+//!   the next slots when everything open fills. So a sell in slot `t` may count the open buys
+//!   of slots before `t` (a day-ahead plan that buys at night and sells the energy later in the
+//!   same auction passes), never those of slot `t` or later;
+//! - `net_high_mw[t]` = filled net sold − open buys (buys fill, sells do not): the highest
+//!   path, checked against `soc_max_kwh`.
+//!
+//! The low path is `start[t] = energy + Σ_{s<t} Δ(carry[s])`, `low[t] = start[t] + Δ(point[t])`,
+//! checked against `soc_min_kwh`. The price of counting earlier open buys: if such a buy is
+//! later cancelled or not awarded while the sell is, the plan may miss energy; a cancel is a
+//! fact risk cannot refuse, and the deviation monitor catches the shortfall.
 //!
 //! Discharging `n` MW for 0.25 h removes `n × 250` kWh; charging stores `|n| × 250 × η` kWh
 //! (the round-trip efficiency is charged on the way in). Capacity products (regulation,
 //! reserve) are energy-neutral in this model.
 //!
-//! Invariants: `suffix_low_kwh[t] = min over s >= t of the low path after slot s` and
-//! `suffix_high_kwh[t]` likewise with max; both are rebuilt (O(horizon)) on every change, so a
-//! check is O(1) and allocation-free. Vectors are sized once to the horizon.
+//! Invariants: `suffix_low_kwh[t] = min over s >= t of low[s]` and `suffix_high_kwh[t]` the
+//! max of the high path after slot `s >= t`; `start_kwh[t]` as above. All are rebuilt
+//! (O(horizon)) on every change, so a check is O(1) and allocation-free. Vectors are sized
+//! once to the horizon.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -50,8 +60,10 @@ pub struct StorageSchedule {
     pub budget: StorageBudget,
     /// Interval index (epoch seconds / 900) of slot 0.
     base_index: i64,
-    net_low_mw: Vec<Decimal>,
+    net_point_mw: Vec<Decimal>,
+    net_carry_mw: Vec<Decimal>,
     net_high_mw: Vec<Decimal>,
+    start_kwh: Vec<Decimal>,
     suffix_low_kwh: Vec<Decimal>,
     suffix_high_kwh: Vec<Decimal>,
 }
@@ -71,8 +83,10 @@ impl StorageSchedule {
         let mut s = Self {
             budget,
             base_index,
-            net_low_mw: vec![Decimal::ZERO; horizon],
+            net_point_mw: vec![Decimal::ZERO; horizon],
+            net_carry_mw: vec![Decimal::ZERO; horizon],
             net_high_mw: vec![Decimal::ZERO; horizon],
+            start_kwh: vec![Decimal::ZERO; horizon],
             suffix_low_kwh: vec![Decimal::ZERO; horizon],
             suffix_high_kwh: vec![Decimal::ZERO; horizon],
         };
@@ -81,7 +95,7 @@ impl StorageSchedule {
     }
 
     pub fn horizon(&self) -> usize {
-        self.net_low_mw.len()
+        self.net_point_mw.len()
     }
 
     pub fn base_index(&self) -> i64 {
@@ -108,7 +122,11 @@ impl StorageSchedule {
         }
         let n = self.horizon();
         let shift = usize::try_from(shift).unwrap_or(usize::MAX).min(n);
-        for v in [&mut self.net_low_mw, &mut self.net_high_mw] {
+        for v in [
+            &mut self.net_point_mw,
+            &mut self.net_carry_mw,
+            &mut self.net_high_mw,
+        ] {
             v.rotate_left(shift);
             v[n - shift..].fill(Decimal::ZERO);
         }
@@ -116,24 +134,34 @@ impl StorageSchedule {
         self.rebuild();
     }
 
-    /// Adds to the two worst-case schedules at an interval; changes outside the horizon are
-    /// ignored (intents there are refused by [`Self::check`]).
-    pub fn add(&mut self, interval_index: i64, low_mw: Decimal, high_mw: Decimal) {
+    /// Adds an order's change at an interval, as net sold MW: `filled_mw` (sells positive,
+    /// buys negative), `open_sell_mw` and `open_buy_mw` (both as quantities, negative to
+    /// remove). Changes outside the horizon are ignored (intents there are refused by
+    /// [`Self::check`]).
+    pub fn add(
+        &mut self,
+        interval_index: i64,
+        filled_mw: Decimal,
+        open_sell_mw: Decimal,
+        open_buy_mw: Decimal,
+    ) {
         let Some(slot) = self.slot(interval_index) else {
             return;
         };
-        self.net_low_mw[slot] += low_mw;
-        self.net_high_mw[slot] += high_mw;
+        self.net_point_mw[slot] += filled_mw + open_sell_mw;
+        self.net_carry_mw[slot] += filled_mw + open_sell_mw - open_buy_mw;
+        self.net_high_mw[slot] += filled_mw - open_buy_mw;
         self.rebuild();
     }
 
     fn rebuild(&mut self) {
         let eff = self.budget.round_trip_efficiency;
-        let (mut low, mut high) = (self.budget.energy_kwh, self.budget.energy_kwh);
+        let (mut start, mut high) = (self.budget.energy_kwh, self.budget.energy_kwh);
         for t in 0..self.horizon() {
-            low += delta_kwh(self.net_low_mw[t], eff);
+            self.start_kwh[t] = start;
+            self.suffix_low_kwh[t] = start + delta_kwh(self.net_point_mw[t], eff);
+            start += delta_kwh(self.net_carry_mw[t], eff);
             high += delta_kwh(self.net_high_mw[t], eff);
-            self.suffix_low_kwh[t] = low;
             self.suffix_high_kwh[t] = high;
         }
         for t in (0..self.horizon().saturating_sub(1)).rev() {
@@ -158,9 +186,15 @@ impl StorageSchedule {
         };
         let eff = self.budget.round_trip_efficiency;
         if sell_mw > Decimal::ZERO {
-            let old = self.net_low_mw[slot];
-            let shift = delta_kwh(old + sell_mw, eff) - delta_kwh(old, eff);
-            let lowest_kwh = self.suffix_low_kwh[slot] + shift;
+            // Within the slot: its own open buys do not count.
+            let point = self.net_point_mw[slot];
+            let mut lowest_kwh = self.start_kwh[slot] + delta_kwh(point + sell_mw, eff);
+            // Later slots: the sell lowers what this slot carries forward.
+            if let Some(later) = self.suffix_low_kwh.get(slot + 1) {
+                let carry = self.net_carry_mw[slot];
+                let shift = delta_kwh(carry + sell_mw, eff) - delta_kwh(carry, eff);
+                lowest_kwh = lowest_kwh.min(*later + shift);
+            }
             if lowest_kwh < self.budget.soc_min_kwh {
                 return Err(StorageBreach::BelowMin { lowest_kwh });
             }
@@ -213,8 +247,8 @@ mod tests {
                 lowest_kwh: dec!(99.750)
             })
         );
-        s.add(1001, dec!(1), dec!(1)); // 250 kWh sold at slot 1
-                                       // An earlier sale limits a later one, and a later one is limited by an earlier.
+        s.add(1001, dec!(1), dec!(0), dec!(0)); // 250 kWh sold (filled) at slot 1
+                                                // An earlier sale limits a later one, and a later one is limited by an earlier.
         assert!(s.check(1005, dec!(1), dec!(0)).is_ok());
         assert!(s.check(1005, dec!(1.001), dec!(0)).is_err());
         assert!(s.check(1000, dec!(1.001), dec!(0)).is_err());
@@ -227,7 +261,7 @@ mod tests {
         assert!(s.check(1000, dec!(0), dec!(1.5)).is_ok());
         assert!(s.check(1000, dec!(0), dec!(1.501)).is_err());
         // A filled buy at slot 0 (charging 1 MW = 200 kWh stored) makes room to sell later.
-        s.add(1000, dec!(-1), dec!(-1));
+        s.add(1000, dec!(-1), dec!(0), dec!(0));
         assert!(s.check(1003, dec!(2.8), dec!(0)).is_ok());
         assert!(s.check(1003, dec!(2.801), dec!(0)).is_err());
     }
@@ -239,11 +273,63 @@ mod tests {
             s.check(1008, dec!(0.1), dec!(0)),
             Err(StorageBreach::BeyondHorizon { .. })
         ));
-        s.add(1000, dec!(2), dec!(2));
+        s.add(1000, dec!(2), dec!(0), dec!(0));
         assert!(s.check(1004, dec!(0.001), dec!(0)).is_err());
         s.advance_to(1001); // slot 0 delivered; its energy now in the reported budget
         assert!(s.check(1004, dec!(2), dec!(0)).is_ok());
         assert!(s.check(1008, dec!(0.1), dec!(0)).is_ok());
         assert!(s.check(1000, dec!(0.1), dec!(0)).is_err());
+    }
+
+    #[test]
+    fn an_open_buy_in_an_earlier_interval_funds_a_later_sell() {
+        // The day-ahead plan: buy 2 MW at night (slot 1), sell it later (slot 4).
+        // 600 kWh now, min 100: 500 kWh sellable alone = 2 MW. The open buy stores
+        // 2 × 250 × 0.8 = 400 kWh more if it fills: 900 kWh = 3.6 MW, just inside.
+        let mut s = battery();
+        s.add(1001, dec!(0), dec!(0), dec!(2));
+        assert!(s.check(1004, dec!(3.6), dec!(0)).is_ok());
+        assert_eq!(
+            s.check(1004, dec!(3.601), dec!(0)),
+            Err(StorageBreach::BelowMin {
+                lowest_kwh: dec!(99.750)
+            })
+        );
+        // Committing the sell lowers the slots after it, never the buy's own slot: the
+        // battery still never sells energy it will not have had.
+        s.add(1004, dec!(0), dec!(3.6), dec!(0));
+        assert!(s.check(1005, dec!(0.001), dec!(0)).is_err());
+        assert!(s.check(1002, dec!(0.001), dec!(0)).is_err());
+    }
+
+    #[test]
+    fn a_buy_in_the_same_or_a_later_interval_does_not_fund_a_sell() {
+        let mut s = battery();
+        // Same slot: the sell may be delivered before the buy.
+        s.add(1003, dec!(0), dec!(0), dec!(2));
+        assert!(s.check(1003, dec!(2), dec!(0)).is_ok());
+        assert!(s.check(1003, dec!(2.001), dec!(0)).is_err());
+        // Later slot: no help either.
+        s.add(1006, dec!(0), dec!(0), dec!(2));
+        assert!(s.check(1002, dec!(2.001), dec!(0)).is_err());
+        // The buy's own slot is where the sell must stand: a sell just after it is funded.
+        assert!(s.check(1004, dec!(3.6), dec!(0)).is_ok());
+        assert!(s.check(1004, dec!(3.601), dec!(0)).is_err());
+    }
+
+    #[test]
+    fn cancelling_the_funding_buy_withdraws_the_room() {
+        let mut s = battery();
+        s.add(1001, dec!(0), dec!(0), dec!(2));
+        assert!(s.check(1004, dec!(3), dec!(0)).is_ok());
+        s.add(1001, dec!(0), dec!(0), dec!(-2)); // cancelled
+        assert!(s.check(1004, dec!(2.001), dec!(0)).is_err());
+        // A fill moves the buy from open to filled: the room stays, in its slot too.
+        s.add(1001, dec!(0), dec!(0), dec!(2));
+        s.add(1001, dec!(-2), dec!(0), dec!(-2));
+        assert!(s.check(1004, dec!(3.6), dec!(0)).is_ok());
+        // In its own slot a filled buy nets against the sell (no round trip): 2 + 2 MW.
+        assert!(s.check(1001, dec!(4), dec!(0)).is_ok());
+        assert!(s.check(1001, dec!(4.001), dec!(0)).is_err());
     }
 }
