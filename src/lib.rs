@@ -3,3 +3,5 @@
 
 pub mod config;
 pub mod daemon;
+pub mod api;
+pub mod token;

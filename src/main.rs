@@ -92,6 +92,25 @@ enum Command {
         /// Real seconds between status lines.
         #[arg(long, default_value_t = 3)]
         status_every: u64,
+        /// Operator API listen address (HOST:PORT, port 0 picks one); overrides
+        /// `daemon.api_listen`; an empty string disables the API.
+        #[arg(long)]
+        api_listen: Option<String>,
+        /// Operator API rate limit per token: sustained requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        api_rate_per_s: f64,
+        /// Operator API rate limit per token: burst size.
+        #[arg(long, default_value_t = 200)]
+        api_burst: u32,
+    },
+    /// Manage operator API tokens (stored hashed; the plaintext is printed once).
+    Token {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "VPP_DATABASE_URL")]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Run the venue simulator alone (the markets of the config or the demo).
     MarketSim {
@@ -127,6 +146,26 @@ enum Command {
         #[arg(long, env = "VPP_DATABASE_URL")]
         database_url: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Create a token and print it once.
+    Create {
+        /// viewer (reads), trader (also trades and works strategy kill switches) or admin.
+        #[arg(long)]
+        role: String,
+        /// Who holds it: the actor name in the audit log.
+        #[arg(long)]
+        name: String,
+        /// Expire after this many days (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List tokens (never their values or hashes).
+    List,
+    /// Revoke a token by id: refused from the next request on.
+    Revoke { id: u64 },
 }
 
 fn main() -> std::process::ExitCode {
@@ -177,6 +216,9 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             api_key,
             keep_orders,
             status_every,
+            api_listen,
+            api_rate_per_s,
+            api_burst,
         } => {
             let park = load_park(config.as_deref())?;
             let url = database_url.unwrap_or_else(|| park.daemon.database_url.clone());
@@ -192,11 +234,29 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 cancel_on_shutdown: park.daemon.cancel_on_shutdown && !keep_orders,
                 status_every: std::time::Duration::from_secs(status_every.max(1)),
                 data_dir: vpp::daemon::data_dir_of(&url),
+                api_listen: api_listen.unwrap_or_else(|| park.daemon.api_listen.clone()),
+                api_rate: vpp::api::limits::RateLimit {
+                    rate_per_s: api_rate_per_s,
+                    burst: api_burst,
+                    ..Default::default()
+                },
             };
             actix::System::new().block_on(async move {
                 let store = open_store(&url).await?;
                 print_park(&park);
                 vpp::daemon::run(park, store, opts).await
+            })
+        }
+        Command::Token {
+            config,
+            database_url,
+            action,
+        } => {
+            let park = load_park(config.as_deref())?;
+            let url = database_url.unwrap_or_else(|| park.daemon.database_url.clone());
+            runtime()?.block_on(async move {
+                let store = open_store(&url).await?;
+                token_command(&store, action).await
             })
         }
         Command::MarketSim {
@@ -225,6 +285,51 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             print!("{}", snapshot.latency_table());
             Ok(())
         }
+    }
+}
+
+async fn token_command(store: &Store, action: TokenAction) -> anyhow::Result<()> {
+    use vpp::token;
+    match action {
+        TokenAction::Create {
+            role,
+            name,
+            expires_in_days,
+        } => {
+            let role: token::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let (row, plaintext) = token::create(store, &name, role, expires_in_days).await?;
+            audit_cli(store, "token.create", row.id, serde_json::json!({ "name": name, "role": role })).await;
+            eprintln!(
+                "token {} ({}, {}) created; it is shown once, store it now:",
+                row.id, row.name, row.role
+            );
+            println!("{plaintext}");
+        }
+        TokenAction::List => {
+            let tokens = store.list_api_tokens().await?;
+            print!("{}", token::list_table(&tokens, chrono::Utc::now()));
+        }
+        TokenAction::Revoke { id } => {
+            token::revoke(store, id).await?;
+            audit_cli(store, "token.revoke", id, serde_json::Value::Null).await;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn audit_cli(store: &Store, action: &str, id: u64, detail: serde_json::Value) {
+    let entry = vpp_persistence::AuditEntry {
+        id: 0,
+        at: chrono::Utc::now(),
+        actor: "cli".into(),
+        action: action.into(),
+        target: format!("api_token/{id}"),
+        outcome: "ok".into(),
+        detail,
+    };
+    if let Err(e) = store.insert_audit(&entry).await {
+        tracing::warn!(error = %e, "audit entry not written");
     }
 }
 

@@ -13,6 +13,7 @@
 //! Shutdown (SIGINT, SIGTERM or `--for` elapsed): open orders are cancelled or kept per
 //! `--keep-orders`, the journal is flushed, the process exits 0.
 
+pub mod control;
 pub mod park;
 pub mod venue;
 
@@ -66,6 +67,10 @@ pub struct RunOptions {
     pub status_every: Duration,
     /// Where the latency snapshot for `vpp latency` is written.
     pub data_dir: PathBuf,
+    /// Operator API listen address (`HOST:PORT`, port 0 picks one); empty: no API.
+    pub api_listen: String,
+    /// Per-token rate limit of the operator API.
+    pub api_rate: crate::api::limits::RateLimit,
 }
 
 impl Default for RunOptions {
@@ -79,6 +84,8 @@ impl Default for RunOptions {
             cancel_on_shutdown: true,
             status_every: Duration::from_secs(3),
             data_dir: PathBuf::from("data"),
+            api_listen: String::new(),
+            api_rate: crate::api::limits::RateLimit::default(),
         }
     }
 }
@@ -264,6 +271,7 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         strategies = park.strategies.iter().filter(|s| s.enabled).count(),
         "trading"
     );
+    let api = start_api(&park, &store, &rt, &clock, &live, epoch, &url, &opts).await?;
     let sim = park::build(&park, 7)?;
     if let Some(rx) = live.setpoints_rx.take() {
         actix::spawn(park::run(
@@ -302,6 +310,9 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
     }
     status.abort();
     timers.abort();
+    if let Some(api) = api {
+        api.stop(true).await;
+    }
     shutdown(live, &journal, &opts).await;
     write_latency(&rt.metrics.snapshot(), &opts.data_dir);
     drop(in_process);
@@ -322,6 +333,57 @@ struct Live {
     setpoints: mpsc::Sender<vpp_actors::live::dispatch::Setpoint>,
     setpoints_rx: Option<mpsc::Receiver<vpp_actors::live::dispatch::Setpoint>>,
     telemetry: Vec<BoundedSender<vpp_actors::live::messages::TelemetryBatch>>,
+    risk_engine: vpp_actors::live::risk::SharedRisk,
+    risk_control: actix::Recipient<vpp_actors::live::messages::RiskControl>,
+}
+
+/// Starts the operator API on `opts.api_listen` (none when empty) over the live handles.
+#[allow(clippy::too_many_arguments)]
+async fn start_api(
+    park: &Park,
+    store: &Store,
+    rt: &Runtime,
+    clock: &Arc<dyn Clock>,
+    live: &Live,
+    epoch: u64,
+    url: &str,
+    opts: &RunOptions,
+) -> anyhow::Result<Option<actix_web::dev::ServerHandle>> {
+    if opts.api_listen.trim().is_empty() {
+        tracing::info!("operator API disabled (empty api_listen)");
+        return Ok(None);
+    }
+    let listen: std::net::SocketAddr = opts.api_listen.parse().with_context(|| {
+        format!(
+            "daemon.api_listen / --api-listen {:?} must be HOST:PORT, e.g. 127.0.0.1:8080",
+            opts.api_listen
+        )
+    })?;
+    let park = Arc::new(park.clone());
+    let engine = control::EngineHandle::new(
+        Arc::clone(&park),
+        Arc::clone(clock),
+        Arc::clone(&live.ledger),
+        Arc::clone(&live.risk_engine),
+        live.risk.clone(),
+        live.risk_control.clone(),
+        live.oms.clone(),
+        Arc::clone(&live.adapter),
+        epoch,
+        url,
+    );
+    let state = crate::api::ApiState::new(
+        store.clone(),
+        Some(Arc::new(engine)),
+        rt.clone(),
+        park,
+        opts.api_rate,
+    );
+    let (handle, bound) = crate::api::serve(state, listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("operator API: {e}"))?;
+    println!("operator API on http://{bound}/api/v1");
+    Ok(Some(handle))
 }
 
 fn risk_engine(park: &Park) -> anyhow::Result<RiskEngine> {
@@ -420,8 +482,9 @@ async fn start_core(
         move |_: &SharedLedger| Ok(OmsLogic::new(rebuild_w.clone())),
     )?
     .start();
+    let shared_risk = Arc::new(Mutex::new(risk_engine(park)?));
     let risk_w = RiskWiring {
-        engine: Arc::new(Mutex::new(risk_engine(park)?)),
+        engine: Arc::clone(&shared_risk),
         clock: Arc::clone(clock),
         oms: oms.sender(),
         strategies: Arc::clone(&routes),
@@ -535,6 +598,8 @@ async fn start_core(
         routes,
         oms: oms.sender(),
         risk: risk.sender(),
+        risk_engine: shared_risk,
+        risk_control: risk.recipient(),
         md,
         dispatch,
         adapter,
