@@ -39,7 +39,7 @@ pub use prices::{
 };
 pub use report::{BacktestReport, DayRow, IntervalRow, StrategyReport};
 pub use runner::{run, StrategySetup};
-pub use session::{parse_session, replay_session, SessionEvent, SessionOutcome};
+pub use session::{parse_session, replay_session, SessionEvent, SessionOutcome, SessionStrategy};
 
 use crate::ids::{ClientOrderId, MarketId, StrategyId};
 use crate::ledger::{OrderEvent, Outcome};

@@ -15,10 +15,12 @@
 //! Invariants: the file is read with a line and byte bound ([`MAX_SESSION_LINES`]); a bad line
 //! is an error naming its number; events must not go back in time.
 
+use crate::ids::{AggregationId, StrategyId};
+use crate::market::Market;
 use crate::strategy::paper::settle_reports;
 use crate::strategy::{
-    settle_on_paper, CapacityUpdate, MarketData, OrderIntent, PaperPnl, PaperVenue, RecordedIntent,
-    StrategyError, StrategyHost, Timer,
+    settle_on_paper, CapacityUpdate, HostConfig, MarketData, OrderIntent, PaperPnl, PaperVenue,
+    RecordedIntent, StrategyError, StrategyHost, StrategyInit, StrategyParams, Timer,
 };
 use crate::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -28,10 +30,51 @@ use thiserror::Error;
 /// Most lines a session file may hold.
 pub const MAX_SESSION_LINES: usize = 5_000_000;
 
+/// Who was recorded: enough to rebuild the same strategy (the session's first line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStrategy {
+    pub strategy_id: StrategyId,
+    pub aggregation_id: AggregationId,
+    pub name: String,
+    pub kind: String,
+    /// The strategy version in the store, when the daemon knows it.
+    #[serde(default)]
+    pub version: Option<u32>,
+    pub market: Market,
+    pub params: StrategyParams,
+    /// The live client order id prefix (`s<id>b<boot>`), so replayed ids match live ones.
+    #[serde(default)]
+    pub id_prefix: Option<String>,
+}
+
+impl SessionStrategy {
+    pub fn init(&self) -> StrategyInit {
+        StrategyInit {
+            strategy_id: self.strategy_id,
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            aggregation_id: self.aggregation_id,
+            market: self.market.clone(),
+            params: self.params.clone(),
+        }
+    }
+
+    pub fn host_config(&self) -> HostConfig {
+        let mut c = HostConfig::new(self.strategy_id, self.aggregation_id);
+        c.id_prefix = self.id_prefix.clone();
+        c
+    }
+}
+
 /// One recorded input of a strategy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum SessionEvent {
+    /// The recording started (or the strategy was rebuilt): who is recorded.
+    Start {
+        at: Timestamp,
+        strategy: Box<SessionStrategy>,
+    },
     MarketData {
         at: Timestamp,
         data: MarketData,
@@ -49,7 +92,10 @@ pub enum SessionEvent {
 impl SessionEvent {
     pub fn at(&self) -> Timestamp {
         match self {
-            Self::MarketData { at, .. } | Self::Timer { at, .. } | Self::Capacity { at, .. } => *at,
+            Self::Start { at, .. }
+            | Self::MarketData { at, .. }
+            | Self::Timer { at, .. }
+            | Self::Capacity { at, .. } => *at,
         }
     }
 }
@@ -127,6 +173,7 @@ pub fn feed_event(
             let intents: Vec<OrderIntent> = host.on_capacity(now, update)?.to_vec();
             settle_on_paper(host, paper, now, &intents)
         }
+        SessionEvent::Start { .. } => Ok(()),
     }
 }
 
@@ -159,9 +206,9 @@ pub fn replay_session(host: &mut StrategyHost, events: &[SessionEvent]) -> Sessi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{AggregationId, MarketId, StrategyId};
-    use crate::market::{DeliveryInterval, Market, MarketKind};
-    use crate::strategy::{HostConfig, StrategyInit, StrategyParams, StrategyRegistry};
+    use crate::ids::MarketId;
+    use crate::market::{DeliveryInterval, MarketKind};
+    use crate::strategy::StrategyRegistry;
     use chrono::{TimeZone, Utc};
     use rust_decimal_macros::dec;
 
