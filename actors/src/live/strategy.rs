@@ -12,6 +12,12 @@
 //! - A rebuild takes open orders and positions from the OMS ledger (the journal's fold), so
 //!   snapshots can be taken every N messages without reviving finished orders.
 //! - Each callback's decision time is recorded in `strategy_decision{scope=<strategy>}`.
+//! - Shadow mode ([`StrategyExtras::shadow`]): intents never reach risk or the venue; they are
+//!   recorded and settled on a paper venue (the engine's `PaperVenue`, shared across restarts)
+//!   in the same order as `vpp backtest --session` replays them: market data goes to the paper
+//!   venue first, then to the strategy; an `IntervalStart` first expires started paper orders.
+//! - Session tap ([`StrategyExtras::tap`], opt-in): every input is handed to the tap before the
+//!   strategy sees it, and every intent after; the tap must not block (bounded, counts losses).
 
 use super::messages::{Intent, MdConflator, MdWake, TimedMarketData, ToRisk, ToStrategy};
 use crate::mailbox::BoundedSender;
@@ -19,12 +25,14 @@ use crate::metrics::{LatencyRecorder, Metrics, Stage};
 use crate::supervisor::{Handles, LogicFault, SupervisedLogic};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use vpp_engine::backtest::SessionEvent;
 use vpp_engine::clock::Clock;
 use vpp_engine::ids::ClientOrderId;
 use vpp_engine::market::DeliveryInterval;
+use vpp_engine::strategy::paper::settle_reports;
 use vpp_engine::strategy::{
-    HostConfig, HostSnapshot, MarketDataKey, OrderIntent, RiskRejection, StrategyError,
-    StrategyHost, StrategyInit, StrategyRegistry,
+    settle_on_paper, HostConfig, HostSnapshot, MarketDataKey, OrderIntent, PaperVenue,
+    RecordedIntent, RiskRejection, StrategyError, StrategyHost, StrategyInit, StrategyRegistry,
 };
 use vpp_engine::Timestamp;
 
@@ -45,8 +53,29 @@ pub struct StrategyWiring {
     pub ledger: Option<super::oms::SharedLedger>,
 }
 
+/// Records what a strategy is fed and what it emits (a recorded session). Implementations must
+/// not block: bounded, counting what they drop.
+pub trait StrategyTap: Send + Sync {
+    fn input(&self, event: SessionEvent);
+    fn intents(&self, intents: &[RecordedIntent]);
+}
+
+/// A shadow strategy's paper venue, readable from outside (intent log, paper P&L).
+pub type SharedPaper = Arc<std::sync::Mutex<PaperVenue>>;
+
+/// Optional parts of a strategy actor, kept across restarts.
+#[derive(Clone, Default)]
+pub struct StrategyExtras {
+    /// Shadow mode: record intents and settle them on this paper venue; send nothing.
+    pub shadow: Option<SharedPaper>,
+    pub tap: Option<Arc<dyn StrategyTap>>,
+}
+
 pub struct StrategyLogic {
     host: StrategyHost,
+    extras: StrategyExtras,
+    /// The instant the current callback was given (taps and paper settle with it).
+    cb_now: Timestamp,
     wiring: StrategyWiring,
     decision: LatencyRecorder,
     drained: Vec<(MarketDataKey, TimedMarketData)>,
@@ -108,6 +137,8 @@ impl StrategyLogic {
             .latency(Stage::StrategyDecision, &wiring.init.name);
         Self {
             host,
+            extras: StrategyExtras::default(),
+            cb_now: Timestamp::MIN_UTC,
             wiring,
             decision,
             drained: Vec::with_capacity(64),
@@ -116,6 +147,43 @@ impl StrategyLogic {
 
     pub fn host(&self) -> &StrategyHost {
         &self.host
+    }
+
+    /// Adds shadow mode and/or a session tap (also after a rebuild).
+    pub fn with_extras(mut self, extras: StrategyExtras) -> Self {
+        self.extras = extras;
+        self
+    }
+
+    fn tap_input(&self, event: impl FnOnce() -> SessionEvent) {
+        if let Some(tap) = &self.extras.tap {
+            tap.input(event());
+        }
+    }
+
+    /// Shadow mode: settles intents on paper and taps every intent the paper venue recorded
+    /// (the strategy's answers to paper reports included).
+    fn settle_shadow(
+        &mut self,
+        paper: &SharedPaper,
+        intents: &[OrderIntent],
+        reports: Vec<vpp_engine::strategy::paper::PaperReport>,
+    ) {
+        let now = self.cb_now;
+        let mut paper = paper
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = paper.logged_total();
+        if let Err(e) = settle_reports(&mut self.host, &mut paper, now, reports)
+            .and_then(|()| settle_on_paper(&mut self.host, &mut paper, now, intents))
+        {
+            tracing::warn!(strategy = %self.wiring.init.name, error = %e, "shadow strategy callback failed");
+        }
+        if let Some(tap) = &self.extras.tap {
+            let new = usize::try_from(paper.logged_total() - before).unwrap_or(usize::MAX);
+            let log: Vec<RecordedIntent> = paper.log().cloned().collect();
+            tap.intents(&log[log.len().saturating_sub(new)..]);
+        }
     }
 
     fn now(&self) -> Timestamp {
@@ -131,6 +199,21 @@ impl StrategyLogic {
                 return;
             }
         };
+        if let Some(paper) = self.extras.shadow.clone() {
+            self.settle_shadow(&paper, &intents, Vec::new());
+            return;
+        }
+        if let (Some(tap), false) = (&self.extras.tap, intents.is_empty()) {
+            let at = self.cb_now;
+            let recorded: Vec<RecordedIntent> = intents
+                .iter()
+                .map(|i| RecordedIntent {
+                    at,
+                    intent: i.clone(),
+                })
+                .collect();
+            tap.intents(&recorded);
+        }
         self.wiring.issued.fetch_max(
             self.host.next_client_seq().saturating_sub(1),
             Ordering::SeqCst,
@@ -167,6 +250,15 @@ impl StrategyLogic {
         for (_, (data, t0_ns)) in drained.drain(..) {
             let start = self.wiring.clock.monotonic_ns();
             let now = self.now();
+            self.cb_now = now;
+            self.tap_input(|| SessionEvent::MarketData { at: now, data });
+            if let Some(paper) = self.extras.shadow.clone() {
+                let reports = paper
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .on_market_data(now, &data);
+                self.settle_shadow(&paper, &[], reports);
+            }
             let result = self.host.on_market_data(now, &data).map(<[_]>::to_vec);
             self.decision
                 .record_between(start, self.wiring.clock.monotonic_ns());
@@ -202,6 +294,26 @@ impl Handles<ToStrategy> for StrategyLogic {
     type Reply = ();
     fn handle(&mut self, msg: ToStrategy) -> Result<(), LogicFault> {
         let now = self.now();
+        self.cb_now = now;
+        match &msg {
+            ToStrategy::Capacity(c) => self.tap_input(|| SessionEvent::Capacity {
+                at: now,
+                update: *c,
+            }),
+            ToStrategy::Timer(t) => {
+                self.tap_input(|| SessionEvent::Timer { at: now, timer: *t });
+                if let (Some(paper), vpp_engine::strategy::Timer::IntervalStart { .. }) =
+                    (self.extras.shadow.clone(), t)
+                {
+                    let reports = paper
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .expire_started(now);
+                    self.settle_shadow(&paper, &[], reports);
+                }
+            }
+            _ => {}
+        }
         let start = self.wiring.clock.monotonic_ns();
         let result = match &msg {
             ToStrategy::Capacity(c) => self.host.on_capacity(now, c),
