@@ -16,10 +16,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 use vpp_engine::aggregation::{AggregationBook, ResourceFeed};
+use vpp_engine::dispatch::{DeviationBand, DispatchMethod, TrackerConfig};
 use vpp_engine::error::ValidationError;
 use vpp_engine::ids::{AggregationId, MarketId, ResourceId, StrategyId, TemplateId};
 use vpp_engine::market::{Market, MarketKind};
 use vpp_engine::resource::{GeoLocation, LifecycleState, Resource};
+use vpp_engine::settlement::{PenaltyRule, PriceBase, RatesTable};
 use vpp_engine::template::{ResourceKind, TemplateDraft, TemplateParams, TemplateRegistry};
 
 /// The demo park shipped with the binary; `vpp run` without `--config` uses it.
@@ -67,6 +69,12 @@ pub struct ConfigFile {
     /// Risk limits; their schema belongs to the risk crate and is validated there.
     #[serde(default)]
     pub risk: toml::Table,
+    /// Where telemetry comes from: the simulated park (default) or an MQTT broker.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The deviation penalty rule and the currency rates of settlement.
+    #[serde(default)]
+    pub settlement: SettlementConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +96,10 @@ pub struct DaemonConfig {
     /// (`--keep-orders` forces false).
     #[serde(default = "yes")]
     pub cancel_on_shutdown: bool,
+    /// Record each strategy's session here (`<name>.session.jsonl` with what it was fed,
+    /// `<name>.intents.jsonl` with what it emitted) for `vpp backtest --session`; opt-in.
+    #[serde(default)]
+    pub record_session_dir: Option<String>,
 }
 
 fn default_speed() -> u32 {
@@ -112,6 +124,7 @@ impl Default for DaemonConfig {
             venue_listen: default_venue_listen(),
             speed: default_speed(),
             cancel_on_shutdown: true,
+            record_session_dir: None,
         }
     }
 }
@@ -156,6 +169,218 @@ pub struct AggregationConfig {
     pub name: String,
     #[serde(default)]
     pub members: Vec<MemberConfig>,
+    /// How awards are shared out and the closed loop's band (`dispatch = { method = ... }`).
+    #[serde(default)]
+    pub dispatch: AggregationDispatchConfig,
+}
+
+/// `[aggregations.dispatch]`: the dispatch method and the closed-loop deviation band.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationDispatchConfig {
+    /// `pro_rata` (default), `merit_order` or `soc_weighted`.
+    #[serde(default = "default_dispatch_method")]
+    pub method: String,
+    /// SoC exponent of `soc_weighted`, 0..=16 (default 1); only with `soc_weighted`.
+    #[serde(default)]
+    pub k: Option<f64>,
+    /// Deviation tolerated without correction: max(band_kw, band_pct % of |setpoint|).
+    #[serde(default = "default_band_kw")]
+    pub band_kw: Decimal,
+    #[serde(default = "default_band_pct")]
+    pub band_pct: Decimal,
+    /// Consecutive samples outside the band before the shortfall is re-dispatched, 1..=10000.
+    #[serde(default = "default_consecutive_samples")]
+    pub consecutive_samples: u32,
+}
+
+impl Default for AggregationDispatchConfig {
+    fn default() -> Self {
+        Self {
+            method: default_dispatch_method(),
+            k: None,
+            band_kw: default_band_kw(),
+            band_pct: default_band_pct(),
+            consecutive_samples: default_consecutive_samples(),
+        }
+    }
+}
+
+fn default_dispatch_method() -> String {
+    "pro_rata".to_owned()
+}
+fn default_band_kw() -> Decimal {
+    Decimal::TEN
+}
+fn default_band_pct() -> Decimal {
+    Decimal::from(5)
+}
+fn default_consecutive_samples() -> u32 {
+    3
+}
+
+/// An aggregation's dispatch settings in engine types.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DispatchSettings {
+    pub method: DispatchMethod,
+    pub tracker: TrackerConfig,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        let d = AggregationDispatchConfig::default();
+        Self {
+            method: DispatchMethod::ProRata,
+            tracker: TrackerConfig {
+                band: DeviationBand {
+                    band_kw: d.band_kw,
+                    band_pct: d.band_pct,
+                },
+                consecutive_samples: d.consecutive_samples,
+            },
+        }
+    }
+}
+
+/// `[telemetry]`: the simulated park (`source = "sim"`, the default) or MQTT (`"mqtt"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default = "default_telemetry_source")]
+    pub source: String,
+    /// `mqtt://HOST:PORT` (also `tcp://` or bare `HOST:PORT`; port 1883 when absent).
+    #[serde(default = "default_broker_url")]
+    pub broker_url: String,
+    /// Topic site of every resource (`vpp/<site>/<resource>/...`); default: each resource's
+    /// own `site`.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// MQTT client id, unique per daemon on the broker (1..=64 printable ASCII characters).
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Samples older than this (simulated seconds behind the daemon's clock) are refused as
+    /// stale, 1..=86400.
+    #[serde(default = "default_max_age_s")]
+    pub max_age_s: u32,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            source: default_telemetry_source(),
+            broker_url: default_broker_url(),
+            site: None,
+            client_id: default_client_id(),
+            max_age_s: default_max_age_s(),
+        }
+    }
+}
+
+fn default_telemetry_source() -> String {
+    "sim".to_owned()
+}
+fn default_broker_url() -> String {
+    "mqtt://127.0.0.1:1883".to_owned()
+}
+fn default_client_id() -> String {
+    "vpp-daemon".to_owned()
+}
+fn default_max_age_s() -> u32 {
+    60
+}
+
+/// Where the daemon's telemetry comes from, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TelemetrySource {
+    Sim,
+    Mqtt { host: String, port: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    pub source: TelemetrySource,
+    pub site: Option<String>,
+    pub client_id: String,
+    pub max_age_s: u32,
+}
+
+/// `[settlement]`: the province's deviation penalty and the rates table kept with records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementConfig {
+    #[serde(default = "default_province")]
+    pub province: String,
+    /// Deviation allowed without penalty, percent of |awarded|, 0..=100.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_band_pct: Decimal,
+    /// `clearing_price` (default) or `monthly_average` (then `monthly_average_cny_per_mwh`).
+    #[serde(default = "default_price_base")]
+    pub price_base: String,
+    #[serde(default)]
+    pub monthly_average_cny_per_mwh: Option<Decimal>,
+    #[serde(default = "default_over_multiplier")]
+    pub over_delivery_multiplier: Decimal,
+    #[serde(default = "default_under_multiplier")]
+    pub under_delivery_multiplier: Decimal,
+    /// Resource kinds whose share of a deviation is not penalised.
+    #[serde(default)]
+    pub exempt_kinds: Vec<ResourceKind>,
+    #[serde(default = "default_cny_per_usd")]
+    pub cny_per_usd: Decimal,
+    #[serde(default = "default_cny_per_eur")]
+    pub cny_per_eur: Decimal,
+    /// Date the rates are quoted for, `YYYY-MM-DD` (UTC midnight).
+    #[serde(default = "default_rates_as_of")]
+    pub rates_as_of: String,
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        Self {
+            province: default_province(),
+            tolerance_band_pct: default_tolerance(),
+            price_base: default_price_base(),
+            monthly_average_cny_per_mwh: None,
+            over_delivery_multiplier: default_over_multiplier(),
+            under_delivery_multiplier: default_under_multiplier(),
+            exempt_kinds: Vec::new(),
+            cny_per_usd: default_cny_per_usd(),
+            cny_per_eur: default_cny_per_eur(),
+            rates_as_of: default_rates_as_of(),
+        }
+    }
+}
+
+fn default_province() -> String {
+    "yunnan".to_owned()
+}
+fn default_tolerance() -> Decimal {
+    Decimal::from(3)
+}
+fn default_price_base() -> String {
+    "clearing_price".to_owned()
+}
+fn default_over_multiplier() -> Decimal {
+    Decimal::ONE
+}
+fn default_under_multiplier() -> Decimal {
+    Decimal::new(15, 1)
+}
+fn default_cny_per_usd() -> Decimal {
+    Decimal::new(72, 1)
+}
+fn default_cny_per_eur() -> Decimal {
+    Decimal::new(78, 1)
+}
+fn default_rates_as_of() -> String {
+    "2026-01-01".to_owned()
+}
+
+/// Settlement settings in engine types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementSettings {
+    pub rule: PenaltyRule,
+    pub rates: RatesTable,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +429,10 @@ pub struct StrategyConfig {
     pub market: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Shadow mode: runs on live market data, records its intents and paper-fills them
+    /// (paper P&L), never sends an order.
+    #[serde(default)]
+    pub shadow: bool,
     #[serde(default)]
     pub params: toml::Table,
 }
@@ -221,6 +450,8 @@ pub struct StrategySpec {
     pub aggregation_id: AggregationId,
     pub market_id: MarketId,
     pub enabled: bool,
+    /// Shadow mode (see [`StrategyConfig::shadow`]).
+    pub shadow: bool,
     pub params: toml::Table,
 }
 
@@ -235,6 +466,10 @@ pub struct Park {
     pub markets: Vec<Market>,
     pub strategies: Vec<StrategySpec>,
     pub risk: toml::Table,
+    pub telemetry: TelemetrySettings,
+    pub settlement: SettlementSettings,
+    /// Dispatch method and closed-loop band per aggregation (every aggregation has an entry).
+    pub dispatch: BTreeMap<AggregationId, DispatchSettings>,
 }
 
 impl Park {
@@ -322,6 +557,9 @@ impl Builder {
         let aggregations = self.aggregations(&raw.aggregations, &resources, &templates)?;
         let markets = self.markets(&raw.markets)?;
         let strategies = self.strategies(&raw.strategies)?;
+        let telemetry = self.telemetry(&raw.telemetry)?;
+        let settlement = self.settlement(&raw.settlement)?;
+        let dispatch = self.dispatch(&raw.aggregations)?;
         Ok(Park {
             source: self.source,
             daemon: raw.daemon,
@@ -331,7 +569,162 @@ impl Builder {
             markets,
             strategies,
             risk: raw.risk,
+            telemetry,
+            settlement,
+            dispatch,
         })
+    }
+
+    fn telemetry(&self, t: &TelemetryConfig) -> Result<TelemetrySettings, ConfigError> {
+        let source = match t.source.as_str() {
+            "sim" => TelemetrySource::Sim,
+            "mqtt" => {
+                let (host, port) = parse_broker_url(&t.broker_url)
+                    .map_err(|m| self.err("telemetry.broker_url".into(), m))?;
+                TelemetrySource::Mqtt { host, port }
+            }
+            other => {
+                return Err(self.err(
+                    "telemetry.source".into(),
+                    format!("{other:?} is not a telemetry source; use \"sim\" or \"mqtt\""),
+                ))
+            }
+        };
+        let id = &t.client_id;
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(self.err(
+                "telemetry.client_id".into(),
+                format!("{id:?} must be 1..=64 printable ASCII characters without spaces"),
+            ));
+        }
+        if let Some(site) = &t.site {
+            if site.is_empty() || site.contains(['/', '+', '#', '\0']) {
+                return Err(self.err(
+                    "telemetry.site".into(),
+                    format!("{site:?} cannot be an MQTT topic level: non-empty, no '/', '+', '#'"),
+                ));
+            }
+        }
+        if !(1..=86_400).contains(&t.max_age_s) {
+            return Err(self.err(
+                "telemetry.max_age_s".into(),
+                format!("{} is outside 1..=86400", t.max_age_s),
+            ));
+        }
+        Ok(TelemetrySettings {
+            source,
+            site: t.site.clone(),
+            client_id: t.client_id.clone(),
+            max_age_s: t.max_age_s,
+        })
+    }
+
+    fn settlement(&self, s: &SettlementConfig) -> Result<SettlementSettings, ConfigError> {
+        let price_base = match (s.price_base.as_str(), s.monthly_average_cny_per_mwh) {
+            ("clearing_price", None) => PriceBase::ClearingPrice,
+            ("monthly_average", Some(p)) => PriceBase::MonthlyAverage(p),
+            ("clearing_price", Some(_)) => {
+                return Err(self.err(
+                    "settlement.monthly_average_cny_per_mwh".into(),
+                    "applies only with price_base = \"monthly_average\"",
+                ))
+            }
+            ("monthly_average", None) => {
+                return Err(self.err(
+                    "settlement.monthly_average_cny_per_mwh".into(),
+                    "is required with price_base = \"monthly_average\"",
+                ))
+            }
+            (other, _) => {
+                return Err(self.err(
+                    "settlement.price_base".into(),
+                    format!("{other:?}: use \"clearing_price\" or \"monthly_average\""),
+                ))
+            }
+        };
+        let rule = PenaltyRule {
+            province: s.province.clone(),
+            tolerance_band_pct: s.tolerance_band_pct,
+            price_base,
+            over_delivery_multiplier: s.over_delivery_multiplier,
+            under_delivery_multiplier: s.under_delivery_multiplier,
+            exempt_kinds: s.exempt_kinds.clone(),
+        };
+        rule.validate().map_err(|e| {
+            let field = if e.field == "price_base" {
+                "monthly_average_cny_per_mwh".to_owned()
+            } else {
+                e.field.clone()
+            };
+            self.err(format!("settlement.{field}"), e.reason)
+        })?;
+        let as_of = chrono::NaiveDate::parse_from_str(&s.rates_as_of, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc())
+            .ok_or_else(|| {
+                self.err(
+                    "settlement.rates_as_of".into(),
+                    format!("{:?} is not a date YYYY-MM-DD", s.rates_as_of),
+                )
+            })?;
+        let rates = RatesTable {
+            cny_per_usd: s.cny_per_usd,
+            cny_per_eur: s.cny_per_eur,
+            as_of,
+        };
+        rates
+            .validate()
+            .map_err(|e| self.invalid("settlement".into(), &e))?;
+        Ok(SettlementSettings { rule, rates })
+    }
+
+    fn dispatch(
+        &self,
+        raw: &[AggregationConfig],
+    ) -> Result<BTreeMap<AggregationId, DispatchSettings>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (i, a) in raw.iter().enumerate() {
+            let key = format!("aggregations[{i}].dispatch");
+            let d = &a.dispatch;
+            let method = match (d.method.as_str(), d.k) {
+                ("pro_rata", None) => DispatchMethod::ProRata,
+                ("merit_order", None) => DispatchMethod::MeritOrder,
+                ("soc_weighted", k) => DispatchMethod::SocWeighted {
+                    k: k.unwrap_or(1.0),
+                },
+                ("pro_rata" | "merit_order", Some(_)) => {
+                    return Err(self.err(
+                        format!("{key}.k"),
+                        "applies only to method = \"soc_weighted\"",
+                    ))
+                }
+                (other, _) => {
+                    return Err(self.err(
+                        format!("{key}.method"),
+                        format!("{other:?}: use \"pro_rata\", \"merit_order\" or \"soc_weighted\""),
+                    ))
+                }
+            };
+            method
+                .validate()
+                .map_err(|e| self.invalid(key.clone(), &e))?;
+            let tracker = TrackerConfig {
+                band: DeviationBand {
+                    band_kw: d.band_kw,
+                    band_pct: d.band_pct,
+                },
+                consecutive_samples: d.consecutive_samples,
+            };
+            tracker
+                .validate()
+                .map_err(|e| self.invalid(key.clone(), &e))?;
+            out.insert(
+                AggregationId(i as u64 + 1),
+                DispatchSettings { method, tracker },
+            );
+        }
+        Ok(out)
     }
 
     fn unique(
@@ -542,11 +935,39 @@ impl Builder {
                 aggregation_id,
                 market_id,
                 enabled: s.enabled,
+                shadow: s.shadow,
                 params: s.params.clone(),
             });
         }
         Ok(specs)
     }
+}
+
+/// `mqtt://HOST:PORT`, `tcp://HOST:PORT` or `HOST:PORT` (port 1883 when absent).
+fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url);
+    if rest.contains("://") || rest.contains('/') {
+        return Err(format!(
+            "{url:?}: expected mqtt://HOST:PORT (TLS and paths are not supported)"
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{url:?}: port {p:?} is not 1..=65535"))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{url:?}: expected mqtt://HOST:PORT with a host"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 fn known<V>(names: &HashMap<String, V>) -> String {
@@ -701,6 +1122,132 @@ lon = 102.7
         assert_eq!(parse(&text).unwrap().strategies.len(), 1);
         let err = parse(&text.replace("market = \"m\"", "market = \"x\"")).unwrap_err();
         assert_eq!(err.key, "strategies[0].market");
+    }
+
+    #[test]
+    fn telemetry_defaults_to_the_simulated_park_and_mqtt_errors_name_the_key() {
+        let park = parse("").unwrap();
+        assert_eq!(park.telemetry.source, TelemetrySource::Sim);
+        assert_eq!(park.telemetry.max_age_s, 60);
+        let park = parse(
+            "[telemetry]\nsource = \"mqtt\"\nbroker_url = \"mqtt://broker.local:1884\"\n\
+             site = \"plant\"\nclient_id = \"vpp-7\"\nmax_age_s = 120\n",
+        )
+        .unwrap();
+        assert_eq!(
+            park.telemetry.source,
+            TelemetrySource::Mqtt {
+                host: "broker.local".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(park.telemetry.site.as_deref(), Some("plant"));
+        assert_eq!(
+            (park.telemetry.client_id.as_str(), park.telemetry.max_age_s),
+            ("vpp-7", 120)
+        );
+        let bare = parse("[telemetry]\nsource = \"mqtt\"\nbroker_url = \"10.0.0.1\"\n").unwrap();
+        assert_eq!(
+            bare.telemetry.source,
+            TelemetrySource::Mqtt {
+                host: "10.0.0.1".into(),
+                port: 1883
+            }
+        );
+        for (text, key) in [
+            ("source = \"kafka\"", "telemetry.source"),
+            (
+                "source = \"mqtt\"\nbroker_url = \"mqtts://h:8883\"",
+                "telemetry.broker_url",
+            ),
+            (
+                "source = \"mqtt\"\nbroker_url = \"h:99999\"",
+                "telemetry.broker_url",
+            ),
+            ("client_id = \"\"", "telemetry.client_id"),
+            ("site = \"a/b\"", "telemetry.site"),
+            ("max_age_s = 0", "telemetry.max_age_s"),
+        ] {
+            let err = parse(&format!("[telemetry]\n{text}\n")).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn settlement_rule_and_rates_have_defaults_and_errors_name_the_key() {
+        let park = parse("").unwrap();
+        assert_eq!(park.settlement.rule.tolerance_band_pct, Decimal::from(3));
+        assert_eq!(park.settlement.rule.price_base, PriceBase::ClearingPrice);
+        let park = parse(
+            "[settlement]\nprovince = \"guangdong\"\ntolerance_band_pct = 2\n\
+             price_base = \"monthly_average\"\nmonthly_average_cny_per_mwh = 410\n\
+             exempt_kinds = [\"pv\", \"wind\"]\ncny_per_usd = 7.1\n",
+        )
+        .unwrap();
+        let rule = &park.settlement.rule;
+        assert_eq!(rule.province, "guangdong");
+        assert_eq!(
+            rule.price_base,
+            PriceBase::MonthlyAverage(Decimal::from(410))
+        );
+        assert_eq!(rule.exempt_kinds.len(), 2);
+        assert_eq!(park.settlement.rates.cny_per_usd, Decimal::new(71, 1));
+        for (text, key) in [
+            ("tolerance_band_pct = 101", "settlement.tolerance_band_pct"),
+            (
+                "under_delivery_multiplier = -1",
+                "settlement.under_delivery_multiplier",
+            ),
+            ("price_base = \"spot\"", "settlement.price_base"),
+            (
+                "price_base = \"monthly_average\"",
+                "settlement.monthly_average_cny_per_mwh",
+            ),
+            ("cny_per_eur = 0", "settlement.cny_per_eur"),
+            ("rates_as_of = \"yesterday\"", "settlement.rates_as_of"),
+        ] {
+            let err = parse(&format!("[settlement]\n{text}\n")).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn dispatch_method_is_chosen_per_aggregation() {
+        let text = format!(
+            "{PV}\n[[aggregations]]\nname = \"a1\"\n\
+             [[aggregations]]\nname = \"a2\"\ndispatch = {{ method = \"soc_weighted\", k = 2.5, consecutive_samples = 4 }}\n\
+             [[aggregations]]\nname = \"a3\"\ndispatch = {{ method = \"merit_order\", band_kw = 25 }}\n"
+        );
+        let park = parse(&text).unwrap();
+        let d = |i: u64| park.dispatch[&AggregationId(i)];
+        assert_eq!(d(1).method, DispatchMethod::ProRata);
+        assert_eq!(d(2).method, DispatchMethod::SocWeighted { k: 2.5 });
+        assert_eq!(d(2).tracker.consecutive_samples, 4);
+        assert_eq!(d(3).method, DispatchMethod::MeritOrder);
+        assert_eq!(d(3).tracker.band.band_kw, Decimal::from(25));
+        for (bad, key) in [
+            ("method = \"random\"", "aggregations[1].dispatch.method"),
+            (
+                "method = \"soc_weighted\", k = 17.0",
+                "aggregations[1].dispatch.k",
+            ),
+            (
+                "method = \"pro_rata\", k = 1.0",
+                "aggregations[1].dispatch.k",
+            ),
+            (
+                "consecutive_samples = 0",
+                "aggregations[1].dispatch.consecutive_samples",
+            ),
+            ("band_pct = 120", "aggregations[1].dispatch.band_pct"),
+        ] {
+            let t = text.replace(
+                "method = \"soc_weighted\", k = 2.5, consecutive_samples = 4",
+                bad,
+            );
+            let err = parse(&t).unwrap_err();
+            assert_eq!(err.key, key, "{bad}: {err}");
+        }
     }
 
     #[test]
