@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use vpp_actors::live::aggregation::{AggregationLogic, AggregationWiring};
 use vpp_actors::live::clock::ScaledClock;
 use vpp_actors::live::connector::{run_connector, ConnectorWiring};
-use vpp_actors::live::dispatch::{DispatchLogic, DispatchWiring};
+use vpp_actors::live::dispatch::{DispatchJournal, DispatchLogic, DispatchWiring};
+use vpp_actors::live::settlement::{SettlementLogic, SettlementWiring, SettlementWriter};
 use vpp_actors::live::messages::{MdConflator, MdSender, ToDispatch, ToOms, ToRisk, ToStrategy};
 use vpp_actors::live::oms::{OmsLogic, OmsWiring, SharedLedger};
 use vpp_actors::live::risk::{RiskLogic, RiskWiring};
@@ -272,14 +273,31 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         "trading"
     );
     let api = start_api(&park, &store, &rt, &clock, &live, epoch, &url, &opts).await?;
-    let sim = park::build(&park, 7)?;
+    // Telemetry in, setpoints out: the simulated park or the MQTT broker (`[telemetry]`).
+    let mut mqtt = None;
     if let Some(rx) = live.setpoints_rx.take() {
-        actix::spawn(park::run(
-            sim,
-            Arc::clone(&clock),
-            live.telemetry.clone(),
-            rx,
-        ));
+        match &park.telemetry.source {
+            crate::config::TelemetrySource::Sim => {
+                let sim = park::build(&park, 7)?;
+                actix::spawn(park::run(
+                    sim,
+                    Arc::clone(&clock),
+                    live.telemetry.clone(),
+                    rx,
+                ));
+            }
+            crate::config::TelemetrySource::Mqtt { host, port } => {
+                mqtt = Some(park::start_mqtt(
+                    &park,
+                    &park.telemetry,
+                    (host, *port),
+                    Arc::clone(&clock),
+                    &rt.metrics,
+                    live.telemetry.clone(),
+                    rx,
+                )?);
+            }
+        }
     }
     let timers = actix::spawn(timer_loop(
         park.markets.clone(),
@@ -314,6 +332,9 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         api.stop(true).await;
     }
     shutdown(live, &journal, &opts).await;
+    if let Some(mqtt) = mqtt {
+        mqtt.shutdown(Duration::from_secs(2)).await;
+    }
     write_latency(&rt.metrics.snapshot(), &opts.data_dir);
     drop(in_process);
     store.close().await;
@@ -426,11 +447,16 @@ async fn start_core(
     let (conn_tx, conn_rx) = mpsc::channel(1_024);
     let (sp_tx, sp_rx) = mpsc::channel(4_096);
 
-    // Dispatch actors, one per aggregation.
+    // Dispatch and settlement actors, one each per aggregation; instructions and records go
+    // to the store through bounded channels and writer tasks (never awaited by the actors).
     let mut dispatch = Vec::new();
     let mut telemetry = Vec::new();
+    let (dispatch_journal, _) = DispatchJournal::spawn(store.clone(), 8_192, &rt.metrics);
+    let (settlement_writer, _) = SettlementWriter::spawn(store.clone(), 1_024, &rt.metrics);
+    let markets: HashMap<_, _> = park.markets.iter().map(|m| (m.id, m.clone())).collect();
     for agg in park.aggregations.aggregations() {
         let mut members = Vec::new();
+        let mut kinds = std::collections::BTreeMap::new();
         for m in &agg.members {
             let Some(r) = park.resources.iter().find(|r| r.id == m.resource_id) else {
                 continue;
@@ -440,20 +466,45 @@ async fn start_core(
                 DispatchUnitSpec::from_params(r.id, m.share_pct, &t.params),
                 UnitState::OFFLINE,
             ));
+            kinds.insert(r.id, t.kind.clone());
         }
         let fleet = DispatchFleet::new(agg.id, members)
             .map_err(|e| anyhow::anyhow!("aggregation {}: dispatch fleet: {e}", agg.name))?;
+        let sw = SettlementWiring {
+            aggregation_id: agg.id,
+            name: agg.name.clone(),
+            clock: Arc::clone(clock),
+            metrics: rt.metrics.clone(),
+            rule: park.settlement.rule.clone(),
+            rates: park.settlement.rates,
+            markets: markets.clone(),
+            kinds,
+            writer: settlement_writer.clone(),
+        };
+        let settlement = SupervisedActor::new(
+            core_spec(&format!("settlement/{}", agg.name), 1_024),
+            rt.clone(),
+            SettlementLogic::new(sw),
+            |s: &SettlementLogic| Ok(s.clone()),
+        )?
+        .start();
+        let settings = park.dispatch.get(&agg.id).copied().unwrap_or_default();
         let w = DispatchWiring {
             aggregation_id: agg.id,
             name: agg.name.clone(),
             clock: Arc::clone(clock),
             metrics: rt.metrics.clone(),
+            method: settings.method,
+            tracker: settings.tracker,
             setpoints: sp_tx.clone(),
+            journal: dispatch_journal.clone(),
+            settlement: Some(settlement.sender()),
         };
+        let logic = DispatchLogic::new(fleet, w).map_err(|e| anyhow::anyhow!(e))?;
         let handle = SupervisedActor::new(
             core_spec(&format!("dispatch/{}", agg.name), 1_024),
             rt.clone(),
-            DispatchLogic::new(fleet, w),
+            logic,
             |s: &DispatchLogic| Ok(s.clone()),
         )?
         .start();

@@ -1,14 +1,28 @@
-//! The simulated park as the daemon runs it: `ParkSim` stepped once per simulated second (at
-//! most every 50 ms of real time, so high speeds step in larger slices), telemetry sent to the
-//! aggregation and dispatch actors, setpoints from dispatch applied.
+//! Where the daemon's telemetry comes from and where its setpoints go (`[telemetry] source`):
+//! - `sim` (default): the simulated park, `ParkSim` stepped once per simulated second (at most
+//!   every 50 ms of real time, so high speeds step in larger slices), telemetry sent to the
+//!   aggregation and dispatch actors, setpoints from dispatch applied;
+//! - `mqtt`: [`start_mqtt`] subscribes to `vpp/<site>/<resource>/telemetry` on the broker,
+//!   validates each sample (unknown resource, malformed, stale: counted and logged, never
+//!   fatal) and fans the accepted batches out to the same actors; setpoints from dispatch are
+//!   published to `vpp/<site>/<resource>/setpoint` (QoS 1). The client reconnects by itself.
+//!
+//! Either way the hand-over to the actors is a bounded `try_send`: telemetry is state, so a
+//! refused batch is superseded by the next one (counted).
 
-use crate::config::Park;
+use crate::config::{Park, TelemetrySettings};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use vpp_actors::live::dispatch::Setpoint;
 use vpp_actors::live::messages::TelemetryBatch;
+use vpp_actors::metrics::Metrics;
+use vpp_actors::telemetry::ingest::RateLimit;
+use vpp_actors::telemetry::registry::{ResourceRegistry, DEFAULT_ROOT, MAX_REGISTRY_RESOURCES};
+use vpp_actors::telemetry::{
+    ActorFanOut, IngestConfig, Ingestor, MqttConfig, MqttTelemetry, TelemetrySample,
+};
 use vpp_actors::BoundedSender;
 use vpp_engine::clock::Clock;
 use vpp_engine::park_sim::{ParkSim, SimResource, MAX_STEP_S};
@@ -43,8 +57,8 @@ pub async fn run(
     loop {
         tokio::select! {
             sp = setpoints.recv() => match sp {
-                Some((id, kw)) => {
-                    if let Err(e) = sim.set_setpoint(id, kw) {
+                Some(sp) => {
+                    if let Err(e) = sim.set_setpoint(sp.resource_id, sp.setpoint_kw) {
                         tracing::warn!(error = %e, "setpoint refused by the park");
                     }
                 }
@@ -70,4 +84,66 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The topic registry of the park: each resource under its own site, or under
+/// `[telemetry] site` when set.
+pub fn registry(park: &Park, settings: &TelemetrySettings) -> anyhow::Result<ResourceRegistry> {
+    let mut registry = ResourceRegistry::new(DEFAULT_ROOT, MAX_REGISTRY_RESOURCES)
+        .map_err(|e| anyhow::anyhow!("telemetry: {e}"))?;
+    for r in &park.resources {
+        let site = settings.site.as_deref().unwrap_or(&r.site);
+        registry
+            .insert(site, &r.name, r.id)
+            .map_err(|e| anyhow::anyhow!("telemetry: resource {}: {e}", r.name))?;
+    }
+    Ok(registry)
+}
+
+/// Starts MQTT ingestion into the actors behind `out` and the setpoint publisher fed by
+/// `setpoints`. The returned client is shut down by the caller.
+pub fn start_mqtt(
+    park: &Park,
+    settings: &TelemetrySettings,
+    (host, port): (&str, u16),
+    clock: Arc<dyn Clock>,
+    metrics: &Metrics,
+    out: Vec<BoundedSender<TelemetryBatch>>,
+    mut setpoints: mpsc::Receiver<Setpoint>,
+) -> anyhow::Result<MqttTelemetry> {
+    let registry = Arc::new(registry(park, settings)?);
+    let config = IngestConfig {
+        max_age: chrono::Duration::seconds(i64::from(settings.max_age_s)),
+        ..IngestConfig::default()
+    };
+    let ingestor = Ingestor::new(registry, Arc::clone(&clock), config, metrics, "mqtt");
+    let sink = ActorFanOut::new(out, |batch: &[TelemetrySample]| TelemetryBatch {
+        samples: batch
+            .iter()
+            .map(|s| (s.resource_id, s.telemetry.clone()))
+            .collect(),
+        produced_ns: batch.iter().map(|s| s.received_ns).min().unwrap_or(0),
+    });
+    let mqtt = MqttTelemetry::spawn(
+        MqttConfig::new(host, port, &settings.client_id),
+        ingestor,
+        sink,
+        metrics,
+    );
+    let publisher = mqtt.setpoints();
+    tracing::info!(broker = %format!("{host}:{port}"), client_id = %settings.client_id,
+        resources = park.resources.len(), "telemetry from MQTT");
+    actix::spawn(async move {
+        let mut log = RateLimit::default();
+        while let Some(sp) = setpoints.recv().await {
+            let at = clock.now();
+            if let Err(e) = publisher.publish(sp.resource_id, sp.setpoint_kw, sp.interval, at) {
+                // Counted by the publisher; the next dispatch supersedes it.
+                if let Some(suppressed) = log.permit(clock.monotonic_ns(), 10_000_000_000) {
+                    tracing::warn!(error = %e, suppressed, "setpoint not published");
+                }
+            }
+        }
+    });
+    Ok(mqtt)
 }

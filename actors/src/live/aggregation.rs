@@ -3,12 +3,15 @@
 //! publishes the capacity to its strategies and to risk.
 //!
 //! Invariants: only member resources change the state; `telemetry_to_capacity{scope=<name>}`
-//! records batch production to capacity published.
+//! records batch production to capacity published. The capacity is also exported as gauges
+//! (`vpp_aggregation_up_flex_kw`, `vpp_aggregation_down_flex_kw`, `vpp_aggregation_energy_kwh`,
+//! `vpp_aggregation_available_resources`, label `aggregation`; whole kW/kWh, truncated) so
+//! operators and end-to-end tests see it move.
 
 use super::messages::{TelemetryBatch, ToRisk, ToStrategy};
 use super::StrategyRoutes;
 use crate::mailbox::BoundedSender;
-use crate::metrics::{Counter, LatencyRecorder, Metrics, Stage};
+use crate::metrics::{Counter, Gauge, LatencyRecorder, Metrics, Stage};
 use crate::supervisor::{Handles, LogicFault, SupervisedLogic};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
@@ -35,6 +38,23 @@ pub struct AggregationLogic {
     w: AggregationWiring,
     latency: LatencyRecorder,
     samples: Counter,
+    gauges: [Gauge; 4],
+}
+
+/// Gauge names of the aggregated capacity (label `aggregation`).
+pub mod names {
+    pub const UP_FLEX_KW: &str = "vpp_aggregation_up_flex_kw";
+    pub const DOWN_FLEX_KW: &str = "vpp_aggregation_down_flex_kw";
+    pub const ENERGY_KWH: &str = "vpp_aggregation_energy_kwh";
+    pub const AVAILABLE_RESOURCES: &str = "vpp_aggregation_available_resources";
+}
+
+fn whole(x: Decimal) -> i64 {
+    x.trunc().try_into().unwrap_or(if x.is_sign_negative() {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 impl AggregationLogic {
@@ -49,12 +69,21 @@ impl AggregationLogic {
             crate::metrics::names::TELEMETRY_SAMPLES_TOTAL,
             &[("aggregation", state.name())],
         );
+        let label = [("aggregation", state.name())];
+        let gauges = [
+            names::UP_FLEX_KW,
+            names::DOWN_FLEX_KW,
+            names::ENERGY_KWH,
+            names::AVAILABLE_RESOURCES,
+        ]
+        .map(|n| w.metrics.gauge(n, &label));
         Self {
             state,
             feeds,
             w,
             latency,
             samples,
+            gauges,
         }
     }
 
@@ -64,6 +93,10 @@ impl AggregationLogic {
 
     fn publish(&self) {
         let capacity = *self.state.capacity();
+        self.gauges[0].set(whole(capacity.up_flex_kw));
+        self.gauges[1].set(whole(capacity.down_flex_kw));
+        self.gauges[2].set(whole(capacity.energy_kwh));
+        self.gauges[3].set(i64::from(capacity.available_resources));
         let stored = capacity.energy_kwh;
         let usable = stored + capacity.charge_headroom_kwh;
         let storage = (usable > Decimal::ZERO).then(|| StorageState {

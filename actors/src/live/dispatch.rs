@@ -1,33 +1,169 @@
 //! The Dispatch actor (one per aggregation): turns the aggregation's net position for the
-//! interval that starts into per-resource setpoints (pro rata by headroom, through the pure
-//! `DispatchFleet`), and settles each interval that ended, energy only:
-//! `revenue = Σ (sold − bought value) × 0.25 h` in CNY, exact decimals.
+//! interval that starts into per-resource setpoints with the aggregation's method (pro rata,
+//! merit order or SoC-weighted, through the pure `DispatchFleet`), closes the loop on metered
+//! power (`DeviationTracker`), journals every instruction with its cause, and hands each ended
+//! interval's positions and metered delivery to the Settlement actor.
 //!
-//! Invariants: positions kept are bounded to [`MAX_INTERVALS`] intervals (oldest dropped after
-//! settlement); a setpoint the park cannot take is logged, never retried in a loop.
+//! Per interval:
+//! - at its start, every member's [`UnitState`] is set from its latest telemetry (baseline =
+//!   metered power, SoC, availability; no telemetry yet: offline). The baselines then stay
+//!   fixed for the interval, as the closed loop requires;
+//! - the award (Σ net sold MW over the markets) is dispatched; a non-zero award's plan is
+//!   tracked. Each telemetry sample of a tracked resource is observed; when one stays outside
+//!   the band for N consecutive samples its shortfall is re-dispatched to the others with
+//!   headroom (`DeviationTracker::correct`), sent and journaled with cause `correction`;
+//! - delivery is measured as each member's mean `metered − baseline` over the interval's
+//!   samples (MW, positive = delivered more). A resource shared with other aggregations is
+//!   attributed its whole metered change (the park has one meter per resource);
+//! - at the next interval's start the ended interval goes to settlement (positions, delivery,
+//!   per-resource schedule and delivery). Intervals with positions but never dispatched here
+//!   (the daemon was not running) settle with zero delivery.
+//!
+//! Invariants: positions kept are bounded to [`MAX_INTERVALS`] intervals (oldest dropped and
+//! logged); per-resource state is bounded by the fleet; the actor never awaits the store:
+//! instructions go through [`DispatchJournal`]'s bounded channel to a batching writer task, and
+//! an instruction the channel cannot take is counted (`vpp_dispatch_journal_total{result=
+//! "overflow"}`) and logged (rate-limited), never silently dropped. A setpoint the park or the
+//! broker cannot take is logged, never retried in a loop.
 
 use super::messages::{TelemetryBatch, ToDispatch};
-use crate::metrics::{Gauge, Metrics};
+use super::settlement::{IntervalDelivery, ToSettlement};
+use crate::mailbox::BoundedSender;
+use crate::metrics::{Counter, Metrics};
 use crate::supervisor::{Handles, LogicFault, SupervisedLogic};
+use crate::telemetry::ingest::RateLimit;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 use vpp_engine::clock::Clock;
-use vpp_engine::dispatch::{Award, DispatchFleet, DispatchMethod, DispatchRequest, UnitState};
+use vpp_engine::dispatch::{
+    Award, DeviationTracker, DispatchCause, DispatchFleet, DispatchMethod, DispatchPlan,
+    DispatchRequest, Observation, TrackerConfig, UnitState,
+};
 use vpp_engine::ids::{AggregationId, MarketId, ResourceId};
 use vpp_engine::market::DeliveryInterval;
 use vpp_engine::position::Position;
+use vpp_engine::resource::Telemetry;
+use vpp_engine::settlement::ResourceDelivery;
+use vpp_persistence::{DispatchInstruction as StoredInstruction, Store};
 
 pub const MAX_INTERVALS: usize = 1_000;
-const INTERVAL_H: Decimal = Decimal::from_parts(25, 0, 0, false, 2);
+const THOUSAND: Decimal = Decimal::from_parts(1_000, 0, 0, false, 0);
 
-/// Seconds of ramping a setpoint may assume (dispatch happens as the interval starts, so the
-/// resources ramp within its first minutes).
+/// Seconds of ramping an award's setpoints may assume (dispatch happens as the interval
+/// starts, so the resources ramp within its first minutes).
 const RAMP_WINDOW_S: Decimal = Decimal::from_parts(300, 0, 0, false, 0);
+/// Seconds of ramping a correction may assume: it is urgent.
+const CORRECTION_RAMP_WINDOW_S: Decimal = Decimal::from_parts(60, 0, 0, false, 0);
 
-/// A setpoint for the park: resource, kW.
-pub type Setpoint = (ResourceId, Decimal);
+/// Counter of journaled dispatch instructions (label `result`: `queued`, `overflow`,
+/// `written`, `failed`).
+pub const JOURNAL_TOTAL: &str = "vpp_dispatch_journal_total";
+/// Counter of closed-loop corrections (label `aggregation`).
+pub const CORRECTIONS_TOTAL: &str = "vpp_dispatch_corrections_total";
+
+/// A setpoint for the park or the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setpoint {
+    pub resource_id: ResourceId,
+    pub setpoint_kw: Decimal,
+    pub interval: Option<DeliveryInterval>,
+}
+
+/// The producer side of the dispatch journal: a bounded channel to a batching writer task.
+#[derive(Clone)]
+pub struct DispatchJournal {
+    tx: Option<mpsc::Sender<StoredInstruction>>,
+    queued: Counter,
+    overflow: Counter,
+    log: Arc<Mutex<RateLimit>>,
+}
+
+/// Most instructions written per batch of the writer task.
+pub const JOURNAL_BATCH: usize = 256;
+
+impl DispatchJournal {
+    /// A journal that records nothing (tests of dispatch alone); submissions count as overflow.
+    pub fn disabled() -> Self {
+        Self {
+            tx: None,
+            queued: Counter::detached(),
+            overflow: Counter::detached(),
+            log: Arc::default(),
+        }
+    }
+
+    /// Starts the writer task on the current runtime; `capacity` bounds the channel.
+    pub fn spawn(
+        store: Store,
+        capacity: usize,
+        metrics: &Metrics,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let written = metrics.counter(JOURNAL_TOTAL, &[("result", "written")]);
+        let failed = metrics.counter(JOURNAL_TOTAL, &[("result", "failed")]);
+        let task = tokio::spawn(journal_writer(store, rx, written, failed));
+        let journal = Self {
+            tx: Some(tx),
+            queued: metrics.counter(JOURNAL_TOTAL, &[("result", "queued")]),
+            overflow: metrics.counter(JOURNAL_TOTAL, &[("result", "overflow")]),
+            log: Arc::default(),
+        };
+        (journal, task)
+    }
+
+    /// Hands one instruction to the writer without waiting; a full or closed channel is
+    /// counted and logged (at most once per 10 s, with the count held back).
+    pub fn submit(&self, instruction: StoredInstruction, now_ns: u64) {
+        let refused = match &self.tx {
+            Some(tx) => tx.try_send(instruction).err().map(|e| e.to_string()),
+            None => Some("dispatch journal disabled".to_owned()),
+        };
+        match refused {
+            None => self.queued.inc(),
+            Some(reason) => {
+                self.overflow.inc();
+                let permit = self
+                    .log
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .permit(now_ns, 10_000_000_000);
+                if let Some(suppressed) = permit {
+                    tracing::warn!(%reason, suppressed, overflow_total = self.overflow.get(),
+                        "dispatch instruction not journaled");
+                }
+            }
+        }
+    }
+
+    pub fn overflow(&self) -> u64 {
+        self.overflow.get()
+    }
+}
+
+/// Writes instructions in batches: waits for one, then takes whatever else is queued (up to
+/// [`JOURNAL_BATCH`]). Ends when every sender is gone and the channel is drained.
+async fn journal_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<StoredInstruction>,
+    written: Counter,
+    failed: Counter,
+) {
+    let mut batch = Vec::with_capacity(JOURNAL_BATCH);
+    while rx.recv_many(&mut batch, JOURNAL_BATCH).await > 0 {
+        for d in batch.drain(..) {
+            match store.insert_dispatch_instruction(&d).await {
+                Ok(_) => written.inc(),
+                Err(e) => {
+                    failed.inc();
+                    tracing::error!(error = %e, resource = %d.resource_id,
+                        "dispatch instruction could not be written");
+                }
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct DispatchWiring {
@@ -35,91 +171,298 @@ pub struct DispatchWiring {
     pub name: String,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    pub method: DispatchMethod,
+    pub tracker: TrackerConfig,
     pub setpoints: mpsc::Sender<Setpoint>,
+    pub journal: DispatchJournal,
+    /// The aggregation's Settlement actor (none: ended intervals are only logged).
+    pub settlement: Option<BoundedSender<ToSettlement>>,
+}
+
+/// What is measured of the interval in force.
+#[derive(Debug, Clone)]
+struct Delivering {
+    interval: DeliveryInterval,
+    /// Baseline of each member that had telemetry at the start, kW.
+    baseline_kw: BTreeMap<ResourceId, Decimal>,
+    /// This aggregation's delta in force per resource, kW (award, amended by corrections).
+    scheduled_kw: BTreeMap<ResourceId, Decimal>,
+    /// Σ (metered − baseline) kW and sample count per resource.
+    metered: BTreeMap<ResourceId, (Decimal, u32)>,
+}
+
+impl Delivering {
+    fn finish(self) -> (Decimal, Vec<ResourceDelivery>) {
+        let mut total_mw = Decimal::ZERO;
+        let mut resources = Vec::with_capacity(self.baseline_kw.len());
+        for rid in self.baseline_kw.keys() {
+            let delivered_kw = match self.metered.get(rid) {
+                Some((sum, n)) if *n > 0 => *sum / Decimal::from(*n),
+                _ => Decimal::ZERO,
+            };
+            let delivered_mw = (delivered_kw / THOUSAND).round_dp(6);
+            total_mw += delivered_mw;
+            resources.push(ResourceDelivery {
+                resource_id: *rid,
+                scheduled_mw: self.scheduled_kw.get(rid).copied().unwrap_or_default() / THOUSAND,
+                delivered_mw,
+            });
+        }
+        (total_mw, resources)
+    }
 }
 
 #[derive(Clone)]
 pub struct DispatchLogic {
     fleet: DispatchFleet,
+    tracker: DeviationTracker,
     positions: BTreeMap<DeliveryInterval, BTreeMap<MarketId, Position>>,
-    revenue_cny: Decimal,
+    latest: BTreeMap<ResourceId, Telemetry>,
+    current: Option<Delivering>,
+    corrections: Counter,
     w: DispatchWiring,
-    revenue_gauge: Gauge,
 }
 
 impl DispatchLogic {
-    pub fn new(fleet: DispatchFleet, w: DispatchWiring) -> Self {
-        let revenue_gauge = w.metrics.gauge(
-            "vpp_settled_revenue_cny",
-            &[("aggregation", w.name.as_str())],
-        );
-        Self {
+    /// `w.tracker` must be valid (the config validates it).
+    pub fn new(fleet: DispatchFleet, w: DispatchWiring) -> Result<Self, String> {
+        let tracker = DeviationTracker::new(w.aggregation_id, w.tracker)
+            .map_err(|e| format!("aggregation {}: closed loop: {e}", w.name))?;
+        w.method
+            .validate()
+            .map_err(|e| format!("aggregation {}: dispatch method: {e}", w.name))?;
+        let corrections = w
+            .metrics
+            .counter(CORRECTIONS_TOTAL, &[("aggregation", w.name.as_str())]);
+        Ok(Self {
             fleet,
+            tracker,
             positions: BTreeMap::new(),
-            revenue_cny: Decimal::ZERO,
+            latest: BTreeMap::new(),
+            current: None,
+            corrections,
             w,
-            revenue_gauge,
+        })
+    }
+
+    /// Σ (last metered − setpoint) over the resources the closed loop follows, kW.
+    pub fn total_deviation_kw(&self) -> Decimal {
+        self.tracker.total_deviation_kw()
+    }
+
+    /// The setpoint in force for a resource (award or correction), kW.
+    pub fn setpoint_kw(&self, resource_id: ResourceId) -> Option<Decimal> {
+        self.tracker.setpoint_kw(resource_id)
+    }
+
+    /// The interval being delivered.
+    pub fn current_interval(&self) -> Option<DeliveryInterval> {
+        self.current.as_ref().map(|c| c.interval)
+    }
+
+    /// Sets every member's state from its latest telemetry; returns the baselines set.
+    fn refresh_states(&mut self) -> BTreeMap<ResourceId, Decimal> {
+        let mut baselines = BTreeMap::new();
+        let ids: Vec<ResourceId> = self.latest.keys().copied().collect();
+        for id in ids {
+            let t = &self.latest[&id];
+            let state = UnitState {
+                baseline_kw: t.power_kw,
+                soc_pct: t.soc_pct,
+                available: t.available,
+            };
+            match self.fleet.set_state(id, state) {
+                Ok(()) => {
+                    baselines.insert(id, t.power_kw);
+                }
+                Err(e) => {
+                    tracing::warn!(aggregation = %self.w.name, resource = %id, error = %e,
+                        "telemetry not usable as a dispatch state; resource offline");
+                    let _ = self.fleet.set_state(id, UnitState::OFFLINE);
+                }
+            }
         }
+        baselines
     }
 
-    pub fn revenue_cny(&self) -> Decimal {
-        self.revenue_cny
-    }
-
-    fn dispatch(&mut self, interval: DeliveryInterval) {
-        let award_mw: Decimal = self
-            .positions
-            .get(&interval)
+    fn start_interval(&mut self, interval: DeliveryInterval) {
+        let markets = self.positions.get(&interval);
+        let award_mw: Decimal = markets
             .map(|m| m.values().map(Position::net_sold_mw).sum())
             .unwrap_or_default();
+        let market_id = markets
+            .and_then(|m| m.keys().next().copied())
+            .unwrap_or(MarketId(0));
+        let baseline_kw = self.refresh_states();
+        // A new interval: the closed loop follows only this interval's plan.
+        if let Ok(t) = DeviationTracker::new(self.w.aggregation_id, self.w.tracker) {
+            self.tracker = t;
+        }
+        self.current = Some(Delivering {
+            interval,
+            baseline_kw,
+            scheduled_kw: BTreeMap::new(),
+            metered: BTreeMap::new(),
+        });
+        if award_mw.is_zero() {
+            return;
+        }
         let request = DispatchRequest {
             award: Award {
                 aggregation_id: self.w.aggregation_id,
-                market_id: MarketId(0),
+                market_id,
                 interval,
                 award_mw,
             },
-            method: DispatchMethod::ProRata,
+            method: self.w.method,
             ramp_window_s: RAMP_WINDOW_S,
             at: self.w.clock.now(),
         };
         match self.fleet.dispatch(&request) {
             Ok(plan) => {
-                if award_mw != Decimal::ZERO {
-                    tracing::info!(aggregation = %self.w.name, %interval, %award_mw,
-                        setpoints = plan.instructions.len(), remaining_kw = %plan.remaining_kw,
-                        "dispatched");
+                tracing::info!(aggregation = %self.w.name, %interval, %award_mw,
+                    method = ?self.w.method, setpoints = plan.instructions.len(),
+                    remaining_kw = %plan.remaining_kw, "dispatched");
+                if let Err(e) = self.tracker.track_plan(&plan) {
+                    tracing::warn!(aggregation = %self.w.name, error = %e, "plan not tracked");
                 }
-                for i in &plan.instructions {
-                    if self
-                        .w
-                        .setpoints
-                        .try_send((i.resource_id, i.setpoint_kw))
-                        .is_err()
-                    {
-                        tracing::warn!(resource = %i.resource_id, "setpoint queue full");
-                    }
-                }
+                self.issue(&plan, interval);
             }
             Err(e) => tracing::warn!(aggregation = %self.w.name, error = %e, "dispatch failed"),
         }
     }
 
-    fn settle_before(&mut self, interval: DeliveryInterval) {
-        while let Some(entry) = self.positions.first_entry() {
-            if *entry.key() >= interval {
-                break;
+    /// Sends a plan's setpoints, journals its instructions and raises its alerts.
+    fn issue(&mut self, plan: &DispatchPlan, interval: DeliveryInterval) {
+        for alert in &plan.alerts {
+            tracing::warn!(aggregation = %self.w.name, %interval, alert = ?alert,
+                "power the resources cannot take (remaining power)");
+        }
+        let (reason, detail) = match plan.cause {
+            DispatchCause::Award { .. } => ("award", serde_json::to_value(plan.cause)),
+            DispatchCause::Correction { .. } => ("correction", serde_json::to_value(plan.cause)),
+        };
+        let detail = detail.unwrap_or(serde_json::Value::Null);
+        let now_ns = self.w.clock.monotonic_ns();
+        for i in &plan.instructions {
+            if let Some(cur) = self.current.as_mut() {
+                cur.scheduled_kw.insert(i.resource_id, i.delta_kw);
             }
-            let (ended, markets) = entry.remove_entry();
-            let revenue: Decimal = markets
-                .values()
-                .map(|p| (p.sold_value - p.bought_value) * INTERVAL_H)
-                .sum();
-            self.revenue_cny += revenue;
-            self.revenue_gauge
-                .set(self.revenue_cny.trunc().try_into().unwrap_or(i64::MAX));
-            tracing::info!(aggregation = %self.w.name, interval = %ended, revenue_cny = %revenue,
-                total_cny = %self.revenue_cny, "interval settled (energy)");
+            let sp = Setpoint {
+                resource_id: i.resource_id,
+                setpoint_kw: i.setpoint_kw,
+                interval: Some(interval),
+            };
+            if let Err(e) = self.w.setpoints.try_send(sp) {
+                tracing::warn!(resource = %i.resource_id, error = %e, "setpoint queue full");
+            }
+            let mut detail = detail.clone();
+            if let serde_json::Value::Object(m) = &mut detail {
+                m.insert("baseline_kw".into(), i.baseline_kw.to_string().into());
+                m.insert("delta_kw".into(), i.delta_kw.to_string().into());
+            }
+            self.w.journal.submit(
+                StoredInstruction {
+                    id: 0,
+                    at: i.at,
+                    aggregation_id: i.aggregation_id,
+                    resource_id: i.resource_id,
+                    interval: Some(interval),
+                    setpoint_kw: i.setpoint_kw,
+                    reason: reason.to_owned(),
+                    detail,
+                },
+                now_ns,
+            );
+        }
+    }
+
+    /// Hands every interval before `interval` to settlement: the one delivered with its
+    /// measurements, older ones (positions only) with zero delivery.
+    fn settle_before(&mut self, interval: DeliveryInterval) {
+        let mut delivered = match self.current.take() {
+            Some(cur) if cur.interval < interval => Some(cur),
+            other => {
+                self.current = other;
+                None
+            }
+        };
+        let ended_interval = delivered.as_ref().map(|d| d.interval);
+        let mut ended: Vec<DeliveryInterval> =
+            self.positions.range(..interval).map(|(k, _)| *k).collect();
+        if let Some(i) = ended_interval {
+            if !self.positions.contains_key(&i) {
+                ended.push(i);
+                ended.sort();
+            }
+        }
+        for i in ended {
+            let markets = self.positions.remove(&i).unwrap_or_default();
+            let (delivered_mw, resources) = match delivered.take_if(|d| d.interval == i) {
+                Some(d) => d.finish(),
+                None => (Decimal::ZERO, Vec::new()),
+            };
+            if markets.is_empty() {
+                // Nothing was traded for it: nothing to settle.
+                continue;
+            }
+            let delivery = IntervalDelivery {
+                aggregation_id: self.w.aggregation_id,
+                interval: i,
+                positions: markets.into_iter().collect(),
+                delivered_mw,
+                resources,
+            };
+            tracing::info!(aggregation = %self.w.name, interval = %i,
+                delivered_mw = %delivery.delivered_mw, "interval delivered");
+            if let Some(s) = &self.w.settlement {
+                if let Err(e) = s.try_send(ToSettlement::Delivered(delivery)) {
+                    tracing::error!(aggregation = %self.w.name, interval = %i, error = %e,
+                        "delivered interval not handed to settlement");
+                }
+            }
+        }
+    }
+
+    fn observe(&mut self, id: ResourceId, t: &Telemetry) -> bool {
+        if let Some(cur) = self.current.as_mut() {
+            if let Some(baseline) = cur.baseline_kw.get(&id) {
+                let e = cur.metered.entry(id).or_insert((Decimal::ZERO, 0));
+                e.0 += t.power_kw - baseline;
+                e.1 = e.1.saturating_add(1);
+            }
+        }
+        matches!(
+            self.tracker.observe(id, t.power_kw),
+            Observation::Tripped { .. }
+        )
+    }
+
+    fn correct(&mut self) {
+        let Some(interval) = self.current_interval() else {
+            return;
+        };
+        let at = self.w.clock.now();
+        match self
+            .tracker
+            .correct(&mut self.fleet, CORRECTION_RAMP_WINDOW_S, at)
+        {
+            Ok(Some(plan)) => {
+                self.corrections.inc();
+                if let DispatchCause::Correction {
+                    correction_kw,
+                    deviating_resources,
+                    ..
+                } = plan.cause
+                {
+                    tracing::info!(aggregation = %self.w.name, %interval, %correction_kw,
+                        deviating_resources, setpoints = plan.instructions.len(),
+                        remaining_kw = %plan.remaining_kw, "closed-loop correction");
+                }
+                self.issue(&plan, interval);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(aggregation = %self.w.name, error = %e, "correction failed"),
         }
     }
 }
@@ -142,13 +485,18 @@ impl Handles<ToDispatch> for DispatchLogic {
                         .or_default()
                         .insert(key.market_id, position);
                     while self.positions.len() > MAX_INTERVALS {
-                        self.positions.pop_first();
+                        if let Some((i, _)) = self.positions.pop_first() {
+                            tracing::warn!(aggregation = %self.w.name, interval = %i,
+                                "position dropped unsettled: more than {MAX_INTERVALS} intervals held");
+                        }
                     }
                 }
             }
             ToDispatch::IntervalStart(interval) => {
                 self.settle_before(interval);
-                self.dispatch(interval);
+                if self.current_interval() != Some(interval) {
+                    self.start_interval(interval);
+                }
             }
         }
         Ok(())
@@ -158,17 +506,264 @@ impl Handles<ToDispatch> for DispatchLogic {
 impl Handles<TelemetryBatch> for DispatchLogic {
     type Reply = ();
     fn handle(&mut self, batch: TelemetryBatch) -> Result<(), LogicFault> {
+        let mut tripped = false;
         for (id, t) in &batch.samples {
             if self.fleet.spec_of(*id).is_some() {
-                let state = UnitState {
-                    baseline_kw: t.power_kw,
-                    soc_pct: t.soc_pct,
-                    available: t.available,
-                };
-                // Not a member or an out-of-range sample: keep the previous state.
-                let _ = self.fleet.set_state(*id, state);
+                self.latest.insert(*id, t.clone());
+                tripped |= self.observe(*id, t);
             }
         }
+        if tripped {
+            self.correct();
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Dispatch actor's handlers, driven message by message (deterministic: a manual clock,
+    //! no mailbox timing): the configured method is used, a resource that under-delivers is
+    //! corrected by the closed loop, the correction is journaled with its cause and the
+    //! aggregation's deviation goes back under the band.
+    use super::*;
+    use chrono::TimeZone;
+    use vpp_engine::clock::ManualClock;
+    use vpp_engine::dispatch::{DeviationBand, DispatchUnitSpec};
+    use vpp_engine::position::PositionKey;
+
+    const AGG: AggregationId = AggregationId(1);
+
+    fn unit(id: u64, cost: i64) -> (DispatchUnitSpec, UnitState) {
+        let spec = DispatchUnitSpec {
+            resource_id: ResourceId(id),
+            share_pct: Decimal::ONE_HUNDRED,
+            min_power_kw: Decimal::ZERO,
+            max_power_kw: Decimal::from(1_000),
+            ramp_kw_per_s: Decimal::from(100),
+            marginal_cost_cny_per_mwh: Decimal::from(cost),
+            energy_capacity_kwh: None,
+            soc_min_pct: None,
+            soc_max_pct: None,
+        };
+        (spec, UnitState::OFFLINE)
+    }
+
+    struct Rig {
+        logic: DispatchLogic,
+        clock: ManualClock,
+        setpoints: mpsc::Receiver<Setpoint>,
+        interval: DeliveryInterval,
+    }
+
+    fn rig(method: DispatchMethod, journal: DispatchJournal, costs: &[i64]) -> Rig {
+        let start = chrono::Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
+        let clock = ManualClock::new(start);
+        let units = costs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| unit(i as u64 + 1, *c))
+            .collect();
+        let fleet = DispatchFleet::new(AGG, units).unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        let w = DispatchWiring {
+            aggregation_id: AGG,
+            name: "agg".into(),
+            clock: Arc::new(clock.clone()),
+            metrics: Metrics::new(),
+            method,
+            tracker: TrackerConfig {
+                band: DeviationBand {
+                    band_kw: Decimal::TEN,
+                    band_pct: Decimal::from(5),
+                },
+                consecutive_samples: 3,
+            },
+            setpoints: tx,
+            journal,
+            settlement: None,
+        };
+        Rig {
+            logic: DispatchLogic::new(fleet, w).unwrap(),
+            clock,
+            setpoints: rx,
+            interval: DeliveryInterval::containing(start + chrono::Duration::minutes(15)),
+        }
+    }
+
+    impl Rig {
+        fn telemetry(&mut self, powers_kw: &[i64]) {
+            self.clock.advance(chrono::Duration::seconds(1));
+            let at = self.clock.now();
+            let samples = powers_kw
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let t = Telemetry {
+                        power_kw: Decimal::from(*p),
+                        soc_pct: None,
+                        available: true,
+                        at,
+                    };
+                    (ResourceId(i as u64 + 1), t)
+                })
+                .collect();
+            let batch = TelemetryBatch {
+                samples,
+                produced_ns: 0,
+            };
+            Handles::<TelemetryBatch>::handle(&mut self.logic, batch).unwrap();
+        }
+
+        fn award(&mut self, sold_mw: Decimal) {
+            let mut position = Position::default();
+            position.apply_fill(vpp_engine::order::Side::Sell, sold_mw, Decimal::from(400));
+            let key = PositionKey {
+                aggregation_id: AGG,
+                market_id: MarketId(1),
+                interval: self.interval,
+            };
+            Handles::<ToDispatch>::handle(&mut self.logic, ToDispatch::Position { key, position })
+                .unwrap();
+            Handles::<ToDispatch>::handle(
+                &mut self.logic,
+                ToDispatch::IntervalStart(self.interval),
+            )
+            .unwrap();
+        }
+
+        fn drain(&mut self) -> BTreeMap<u64, Decimal> {
+            let mut out = BTreeMap::new();
+            while let Ok(sp) = self.setpoints.try_recv() {
+                assert_eq!(sp.interval, Some(self.interval));
+                out.insert(sp.resource_id.0, sp.setpoint_kw);
+            }
+            out
+        }
+    }
+
+    fn kw(x: i64) -> Decimal {
+        Decimal::from(x)
+    }
+
+    #[test]
+    fn the_configured_method_shares_the_award() {
+        // Same fleet and award; merit order fills the cheapest unit, pro rata splits evenly.
+        let mut merit = rig(
+            DispatchMethod::MeritOrder,
+            DispatchJournal::disabled(),
+            &[90, 10],
+        );
+        merit.telemetry(&[100, 100]);
+        merit.award(Decimal::new(2, 1));
+        assert_eq!(merit.drain(), BTreeMap::from([(2, kw(300))]));
+
+        let mut pro_rata = rig(
+            DispatchMethod::ProRata,
+            DispatchJournal::disabled(),
+            &[90, 10],
+        );
+        pro_rata.telemetry(&[100, 100]);
+        pro_rata.award(Decimal::new(2, 1));
+        assert_eq!(
+            pro_rata.drain(),
+            BTreeMap::from([(1, kw(200)), (2, kw(200))])
+        );
+    }
+
+    #[tokio::test]
+    async fn an_under_delivering_resource_is_corrected_journaled_and_the_deviation_returns_under_the_band(
+    ) {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let metrics = Metrics::new();
+        let (journal, writer) = DispatchJournal::spawn(store.clone(), 64, &metrics);
+        let mut r = rig(DispatchMethod::ProRata, journal, &[0, 0, 0]);
+        r.telemetry(&[100, 100, 100]);
+        // 0.3 MW up over three units with equal headroom: +100 kW each.
+        r.award(Decimal::new(3, 1));
+        let award = r.drain();
+        assert_eq!(
+            award,
+            BTreeMap::from([(1, kw(200)), (2, kw(200)), (3, kw(200))])
+        );
+
+        // Resource 1 stays at 100 kW; the others follow. Two samples: not yet corrected.
+        r.telemetry(&[100, 200, 200]);
+        r.telemetry(&[100, 200, 200]);
+        assert!(r.drain().is_empty(), "no correction before 3 samples");
+        assert_eq!(r.logic.total_deviation_kw(), kw(-100));
+        // Third consecutive sample outside the band: its 100 kW shortfall moves to 2 and 3.
+        r.telemetry(&[100, 200, 200]);
+        let correction = r.drain();
+        assert_eq!(
+            correction,
+            BTreeMap::from([(1, kw(100)), (2, kw(250)), (3, kw(250))])
+        );
+        let delta: Decimal = correction.values().sum::<Decimal>() - kw(300);
+        assert_eq!(delta, kw(300), "the aggregation still delivers the award");
+
+        // The others follow their new setpoints: the deviation is back under the band.
+        r.telemetry(&[100, 250, 250]);
+        let band = kw(10);
+        assert!(
+            r.logic.total_deviation_kw().abs() <= band,
+            "deviation {} kW",
+            r.logic.total_deviation_kw()
+        );
+        assert!(r.drain().is_empty(), "no further correction");
+
+        // Journal: three award instructions, then the correction's, with their cause.
+        drop(r);
+        writer.await.unwrap();
+        let rows = store
+            .list_dispatch_instructions(None, 0, 100)
+            .await
+            .unwrap();
+        let reasons: Vec<(&str, u64, Decimal)> = rows
+            .iter()
+            .map(|d| (d.reason.as_str(), d.resource_id.0, d.setpoint_kw))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("award", 1, kw(200)),
+                ("award", 2, kw(200)),
+                ("award", 3, kw(200)),
+                ("correction", 1, kw(100)),
+                ("correction", 2, kw(250)),
+                ("correction", 3, kw(250)),
+            ]
+        );
+        let cause = &rows[3].detail;
+        assert_eq!(cause["kind"], "correction");
+        assert_eq!(cause["deviating_resources"], 1);
+        assert_eq!(
+            metrics
+                .snapshot()
+                .counter(JOURNAL_TOTAL, &[("result", "written")]),
+            Some(6)
+        );
+    }
+
+    #[test]
+    fn a_full_journal_counts_the_overflow() {
+        let (tx, _rx) = mpsc::channel(1);
+        let metrics = Metrics::new();
+        let journal = DispatchJournal {
+            tx: Some(tx),
+            queued: metrics.counter(JOURNAL_TOTAL, &[("result", "queued")]),
+            overflow: metrics.counter(JOURNAL_TOTAL, &[("result", "overflow")]),
+            log: Arc::default(),
+        };
+        let mut r = rig(DispatchMethod::ProRata, journal.clone(), &[0, 0, 0]);
+        r.telemetry(&[100, 100, 100]);
+        r.award(Decimal::new(3, 1));
+        assert_eq!(
+            r.drain().len(),
+            3,
+            "setpoints go out whatever the journal does"
+        );
+        assert_eq!(journal.overflow(), 2, "one queued, two counted as overflow");
     }
 }

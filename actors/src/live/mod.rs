@@ -7,10 +7,11 @@
 //! venue ◀═WS═▶ MarketConnector ──conflated MarketData──▶ Strategy (per strategy)
 //! Strategy ──ToRisk::Intent──▶ RiskMonitor ──ToOms::Approved──▶ OMS ──ConnectorCmd──▶ Connector
 //! Connector ──ToOms::Report──▶ OMS ──▶ journal (group commit), Risk, Strategy, Dispatch
-//! Dispatch (per aggregation) ──setpoints──▶ park; settles each ended interval (energy)
+//! Dispatch (per aggregation) ──setpoints──▶ park or MQTT; closed loop on telemetry;
+//!          ──instructions──▶ store (batched)   ──ended interval──▶ Settlement ──draft──▶ store
 //! ```
 //!
-//! - [`strategy`], [`risk`], [`oms`], [`aggregation`], [`dispatch`]: supervised logics
+//! - [`strategy`], [`risk`], [`oms`], [`aggregation`], [`dispatch`], [`settlement`]: supervised logics
 //!   (hosted by [`crate::SupervisedActor`]); every send between them is a bounded `try_send`.
 //! - [`connector`]: the task around one venue adapter connection.
 //! - [`recovery`]: start-up reconciliation with the venue before anything trades.
@@ -25,6 +26,7 @@ pub mod messages;
 pub mod oms;
 pub mod recovery;
 pub mod risk;
+pub mod settlement;
 pub mod strategies;
 pub mod strategy;
 
