@@ -114,17 +114,12 @@ async fn write_records(store: Store, mut rx: mpsc::Receiver<RiskRecord>, metrics
     let mut batch = Vec::with_capacity(RISK_JOURNAL_BATCH);
     while rx.recv_many(&mut batch, RISK_JOURNAL_BATCH).await > 0 {
         for record in batch.drain(..) {
-            let result = match &record {
-                RiskRecord::Event(e) => store.insert_risk_event(e).await.map_err(|e| {
-                    failed_events.inc();
-                    e
-                }),
-                RiskRecord::Audit(a) => store.insert_audit(a).await.map_err(|e| {
-                    failed_audit.inc();
-                    e
-                }),
+            let (result, failed) = match &record {
+                RiskRecord::Event(e) => (store.insert_risk_event(e).await, &failed_events),
+                RiskRecord::Audit(a) => (store.insert_audit(a).await, &failed_audit),
             };
             if let Err(e) = result {
+                failed.inc();
                 tracing::error!(error = %e, record = ?record, "risk journal write failed");
             }
         }
