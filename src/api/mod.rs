@@ -19,11 +19,18 @@
 
 pub mod audit;
 pub mod auth;
+pub mod catalog;
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod limits;
+pub mod observe;
 pub mod openapi;
 pub mod page;
+pub mod records;
+pub mod settlement;
+pub mod strategies;
+pub mod stream;
 
 pub use auth::Caller;
 pub use error::ApiError;
@@ -128,8 +135,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
             .configure(openapi::routes)
-            .configure(engine::routes),
-    );
+            .configure(engine::routes)
+            .configure(catalog::routes)
+            .configure(records::routes)
+            .configure(settlement::routes)
+            .configure(strategies::routes)
+            .configure(stream::routes)
+            .configure(observe::routes)
+            .configure(dashboard::routes),
+    )
+    .configure(observe::public_routes)
+    .configure(dashboard::public_routes);
 }
 
 /// The extractor settings: body limit and the error shape for bad JSON, query and path.
