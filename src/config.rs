@@ -75,6 +75,34 @@ pub struct ConfigFile {
     /// The deviation penalty rule and the currency rates of settlement.
     #[serde(default)]
     pub settlement: SettlementConfig,
+    /// Restart policy of every supervised actor (R restarts in T seconds, backoff).
+    #[serde(default)]
+    pub supervision: SupervisionConfig,
+}
+
+/// `[supervision]`: at most `max_restarts` restarts within `within_s` seconds, OTP style,
+/// waiting `backoff_initial_ms` before a restart (doubling per further restart in the window,
+/// capped at `backoff_max_ms`); past the limit a strategy is halted and its orders cancelled,
+/// a core actor marks the daemon degraded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    pub max_restarts: u32,
+    pub within_s: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        let p = vpp_actors::RestartPolicy::default();
+        Self {
+            max_restarts: p.max_restarts,
+            within_s: p.within.as_secs(),
+            backoff_initial_ms: u64::try_from(p.backoff_initial.as_millis()).unwrap_or(50),
+            backoff_max_ms: u64::try_from(p.backoff_max.as_millis()).unwrap_or(5_000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,6 +498,8 @@ pub struct Park {
     pub settlement: SettlementSettings,
     /// Dispatch method and closed-loop band per aggregation (every aggregation has an entry).
     pub dispatch: BTreeMap<AggregationId, DispatchSettings>,
+    /// The restart policy of every supervised actor, from `[supervision]`.
+    pub supervision: vpp_actors::RestartPolicy,
 }
 
 impl Park {
@@ -560,6 +590,7 @@ impl Builder {
         let telemetry = self.telemetry(&raw.telemetry)?;
         let settlement = self.settlement(&raw.settlement)?;
         let dispatch = self.dispatch(&raw.aggregations)?;
+        let supervision = self.supervision(&raw.supervision)?;
         Ok(Park {
             source: self.source,
             daemon: raw.daemon,
@@ -572,7 +603,54 @@ impl Builder {
             telemetry,
             settlement,
             dispatch,
+            supervision,
         })
+    }
+
+    fn supervision(&self, s: &SupervisionConfig) -> Result<vpp_actors::RestartPolicy, ConfigError> {
+        const MAX_WINDOW_S: u64 = 86_400;
+        const MAX_BACKOFF_MS: u64 = 600_000;
+        if s.max_restarts > vpp_actors::supervisor::MAX_RESTARTS_LIMIT {
+            return Err(self.err(
+                "supervision.max_restarts".into(),
+                format!(
+                    "{} is outside 0..={}",
+                    s.max_restarts,
+                    vpp_actors::supervisor::MAX_RESTARTS_LIMIT
+                ),
+            ));
+        }
+        if !(1..=MAX_WINDOW_S).contains(&s.within_s) {
+            return Err(self.err(
+                "supervision.within_s".into(),
+                format!("{} is outside 1..={MAX_WINDOW_S} seconds", s.within_s),
+            ));
+        }
+        if s.backoff_max_ms > MAX_BACKOFF_MS {
+            return Err(self.err(
+                "supervision.backoff_max_ms".into(),
+                format!("{} is outside 0..={MAX_BACKOFF_MS} ms", s.backoff_max_ms),
+            ));
+        }
+        if s.backoff_initial_ms > s.backoff_max_ms {
+            return Err(self.err(
+                "supervision.backoff_initial_ms".into(),
+                format!(
+                    "{} must not exceed supervision.backoff_max_ms ({})",
+                    s.backoff_initial_ms, s.backoff_max_ms
+                ),
+            ));
+        }
+        let policy = vpp_actors::RestartPolicy {
+            max_restarts: s.max_restarts,
+            within: std::time::Duration::from_secs(s.within_s),
+            backoff_initial: std::time::Duration::from_millis(s.backoff_initial_ms),
+            backoff_max: std::time::Duration::from_millis(s.backoff_max_ms),
+        };
+        policy
+            .validate()
+            .map_err(|e| self.err("supervision".into(), e.to_string()))?;
+        Ok(policy)
     }
 
     fn telemetry(&self, t: &TelemetryConfig) -> Result<TelemetrySettings, ConfigError> {
@@ -1122,6 +1200,39 @@ lon = 102.7
         assert_eq!(parse(&text).unwrap().strategies.len(), 1);
         let err = parse(&text.replace("market = \"m\"", "market = \"x\"")).unwrap_err();
         assert_eq!(err.key, "strategies[0].market");
+    }
+
+    #[test]
+    fn supervision_defaults_overrides_and_errors_name_the_key() {
+        let park = parse("").unwrap();
+        assert_eq!(park.supervision, vpp_actors::RestartPolicy::default());
+        let park = parse(
+            "[supervision]\nmax_restarts = 3\nwithin_s = 10\nbackoff_initial_ms = 20\nbackoff_max_ms = 400\n",
+        )
+        .unwrap();
+        assert_eq!(park.supervision.max_restarts, 3);
+        assert_eq!(park.supervision.within, std::time::Duration::from_secs(10));
+        assert_eq!(
+            park.supervision.backoff_initial,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(
+            park.supervision.backoff_max,
+            std::time::Duration::from_millis(400)
+        );
+        for (text, key) in [
+            ("within_s = 0", "supervision.within_s"),
+            ("max_restarts = 100000", "supervision.max_restarts"),
+            (
+                "backoff_initial_ms = 900\nbackoff_max_ms = 100",
+                "supervision.backoff_initial_ms",
+            ),
+            ("backoff_max_ms = 9999999", "supervision.backoff_max_ms"),
+            ("restarts = 3", "max_restarts"),
+        ] {
+            let err = parse(&format!("[supervision]\n{text}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -420,9 +420,10 @@ fn risk_engine(park: &Park) -> anyhow::Result<RiskEngine> {
     Ok(engine)
 }
 
-fn core_spec(name: &str, capacity: usize) -> SupervisorSpec {
+fn core_spec(policy: &vpp_actors::RestartPolicy, name: &str, capacity: usize) -> SupervisorSpec {
     let actor = name.to_owned();
     SupervisorSpec::new(name)
+        .policy(policy.clone())
         .mailbox_capacity(capacity)
         .on_escalation(move |e| {
             tracing::error!(actor = %actor, cause = %e.cause, "core actor halted: daemon degraded");
@@ -482,7 +483,7 @@ async fn start_core(
             writer: settlement_writer.clone(),
         };
         let settlement = SupervisedActor::new(
-            core_spec(&format!("settlement/{}", agg.name), 1_024),
+            core_spec(&park.supervision, &format!("settlement/{}", agg.name), 1_024),
             rt.clone(),
             SettlementLogic::new(sw),
             |s: &SettlementLogic| Ok(s.clone()),
@@ -502,7 +503,7 @@ async fn start_core(
         };
         let logic = DispatchLogic::new(fleet, w).map_err(|e| anyhow::anyhow!(e))?;
         let handle = SupervisedActor::new(
-            core_spec(&format!("dispatch/{}", agg.name), 1_024),
+            core_spec(&park.supervision, &format!("dispatch/{}", agg.name), 1_024),
             rt.clone(),
             logic,
             |s: &DispatchLogic| Ok(s.clone()),
@@ -526,7 +527,7 @@ async fn start_core(
     };
     let rebuild_w = oms_w.clone();
     let oms = SupervisedActor::new(
-        core_spec("oms", 4_096),
+        core_spec(&park.supervision, "oms", 4_096),
         rt.clone(),
         OmsLogic::new(oms_w),
         // The ledger is shared and each apply is atomic: the rebuilt OMS continues from it.
@@ -547,7 +548,7 @@ async fn start_core(
     };
     let rebuild_w = risk_w.clone();
     let risk = SupervisedActor::new(
-        core_spec("risk", 4_096),
+        core_spec(&park.supervision, "risk", 4_096),
         rt.clone(),
         RiskLogic::new(risk_w),
         move |_: &vpp_actors::live::risk::SharedRisk| Ok(RiskLogic::new(rebuild_w.clone())),
@@ -581,7 +582,7 @@ async fn start_core(
                 .collect(),
         };
         let handle = SupervisedActor::new(
-            core_spec(&format!("aggregation/{}", agg.name), 256),
+            core_spec(&park.supervision, &format!("aggregation/{}", agg.name), 256),
             rt.clone(),
             AggregationLogic::new(state, feeds, w),
             |s: &AggregationLogic| Ok(s.clone()),
@@ -728,6 +729,7 @@ fn start_strategies(
         // Snapshots serialise the strategy's state: every 64 messages keeps that off the
         // per-message path; a rebuild takes orders and positions from the ledger anyway.
         let supervisor = SupervisorSpec::new(name.as_str())
+            .policy(park.supervision.clone())
             .mailbox_capacity(1_024)
             .snapshot_every(64)
             .on_escalation(move |e| {
