@@ -700,8 +700,13 @@ mod tests {
             correction,
             BTreeMap::from([(1, kw(100)), (2, kw(250)), (3, kw(250))])
         );
-        let delta: Decimal = correction.values().sum::<Decimal>() - kw(300);
-        assert_eq!(delta, kw(300), "the aggregation still delivers the award");
+        // Σ setpoints − Σ baselines (3 × 100 kW) is still the 300 kW award.
+        let above_baselines: Decimal = correction.values().sum::<Decimal>() - kw(300);
+        assert_eq!(
+            above_baselines,
+            kw(300),
+            "the aggregation still delivers the award"
+        );
 
         // The others follow their new setpoints: the deviation is back under the band.
         r.telemetry(&[100, 250, 250]);
@@ -744,6 +749,80 @@ mod tests {
                 .counter(JOURNAL_TOTAL, &[("result", "written")]),
             Some(6)
         );
+    }
+
+    struct Capture(Arc<Mutex<Vec<IntervalDelivery>>>);
+
+    impl actix::Actor for Capture {
+        type Context = actix::Context<Self>;
+    }
+
+    impl actix::Handler<ToSettlement> for Capture {
+        type Result = Result<(), crate::mailbox::Refused>;
+        fn handle(&mut self, msg: ToSettlement, _: &mut actix::Context<Self>) -> Self::Result {
+            let ToSettlement::Delivered(d) = msg;
+            self.0.lock().unwrap().push(d);
+            Ok(())
+        }
+    }
+
+    #[actix::test]
+    async fn the_ended_interval_goes_to_settlement_with_its_metered_delivery() {
+        use actix::Actor;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let addr = Capture(Arc::clone(&got)).start();
+        let metrics = Metrics::new();
+        let sender = BoundedSender::new(
+            addr.recipient(),
+            crate::mailbox::ActorName::new("settlement/agg"),
+            16,
+            &metrics,
+        );
+        let mut r = rig(
+            DispatchMethod::ProRata,
+            DispatchJournal::disabled(),
+            &[0, 0, 0],
+        );
+        r.logic.w.settlement = Some(sender);
+        r.telemetry(&[100, 100, 100]);
+        r.award(Decimal::new(3, 1));
+        for _ in 0..3 {
+            r.telemetry(&[100, 200, 200]);
+        }
+        for _ in 0..2 {
+            r.telemetry(&[100, 250, 250]);
+        }
+        let next = r.interval.next();
+        Handles::<ToDispatch>::handle(&mut r.logic, ToDispatch::IntervalStart(next)).unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.lock().unwrap().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing reached settlement"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let d = got.lock().unwrap()[0].clone();
+        assert_eq!(d.interval, r.interval);
+        assert_eq!(d.positions.len(), 1);
+        assert_eq!(d.positions[0].1.net_sold_mw(), Decimal::new(3, 1));
+        // Resource 1 was corrected to its baseline (delta 0) and delivered nothing; 2 and 3
+        // ended scheduled +150 kW and delivered (100 + 100 + 100 + 150 + 150) / 5 = 120 kW.
+        let mw = |x: i64| Decimal::new(x, 2);
+        let resources: Vec<(u64, Decimal, Decimal)> = d
+            .resources
+            .iter()
+            .map(|r| (r.resource_id.0, r.scheduled_mw, r.delivered_mw))
+            .collect();
+        assert_eq!(
+            resources,
+            vec![
+                (1, Decimal::ZERO, Decimal::ZERO),
+                (2, mw(15), mw(12)),
+                (3, mw(15), mw(12)),
+            ]
+        );
+        assert_eq!(d.delivered_mw, mw(24));
     }
 
     #[test]
