@@ -67,16 +67,90 @@ pub struct BacktestArgs {
     /// Risk limits (the `[risk]` table as its own TOML file); a backtest default otherwise.
     #[arg(long)]
     risk_config: Option<PathBuf>,
-    /// Give risk the battery's storage budget (its worst-case energy check, which assumes
-    /// open buys do not fill, refuses day-ahead plans that sell what they buy).
+    /// Do not give risk the battery's storage budget (its energy check across intervals is
+    /// on by default; without it a strategy may sell energy the battery will not have, which
+    /// the report shows as undelivered MWh).
     #[arg(long)]
-    storage_check: bool,
+    no_storage_check: bool,
     /// Leave out the benchmark strategies (no trading, naive threshold).
     #[arg(long)]
     no_benchmarks: bool,
+    /// Replay a session the daemon recorded (`--record-session DIR`: one
+    /// `<strategy>.session.jsonl` per strategy) instead of a price file: the recorded strategy
+    /// (or, with `--params`, `--strategy` with those parameters) is fed the same market data,
+    /// timers and capacity at the same instants and settled on the paper venue; writes
+    /// `intents.jsonl` and `session_report.json` to `--out`.
+    #[arg(long, value_name = "FILE")]
+    session: Option<PathBuf>,
+}
+
+/// `vpp backtest --session FILE`.
+fn run_session(args: &BacktestArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--session {}: cannot read", path.display()))?;
+    let events =
+        backtest::parse_session(&text).with_context(|| format!("--session {}", path.display()))?;
+    let Some(recorded) = events.iter().find_map(|e| match e {
+        backtest::SessionEvent::Start { strategy, .. } => Some(strategy.as_ref().clone()),
+        _ => None,
+    }) else {
+        bail!(
+            "--session {}: no start record naming the strategy",
+            path.display()
+        );
+    };
+    let mut init = recorded.init();
+    if !args.params.is_empty() {
+        init.kind = args.strategy.clone();
+        init.params = parse_params(&args.params)?;
+    }
+    let strategy = registry()?
+        .create(&init)
+        .with_context(|| format!("strategy {} ({})", init.name, init.kind))?;
+    let mut host = vpp_engine::strategy::StrategyHost::new(strategy, recorded.host_config())?;
+    let outcome = backtest::replay_session(&mut host, &events);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create", args.out.display()))?;
+    let mut lines = String::new();
+    for i in &outcome.intents {
+        lines.push_str(&serde_json::to_string(i)?);
+        lines.push('\n');
+    }
+    let intents_path = args.out.join("intents.jsonl");
+    std::fs::write(&intents_path, lines)
+        .with_context(|| format!("cannot write {}", intents_path.display()))?;
+    let report = serde_json::json!({
+        "session": path.display().to_string(),
+        "strategy": { "name": init.name, "kind": init.kind, "version": recorded.version },
+        "events": outcome.events,
+        "intents": outcome.intents.len(),
+        "paper": outcome.pnl,
+        "strategy_errors": outcome.strategy_errors,
+    });
+    let report_path = args.out.join("session_report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", report_path.display()))?;
+    println!(
+        "session {}: {} events, {} intents, paper P&L {} CNY ({} fills, bought {} MWh, sold {} MWh)",
+        path.display(),
+        outcome.events,
+        outcome.intents.len(),
+        outcome.pnl.cash_cny,
+        outcome.pnl.fills,
+        outcome.pnl.bought_mwh,
+        outcome.pnl.sold_mwh
+    );
+    println!(
+        "wrote {}/{{intents.jsonl,session_report.json}}",
+        args.out.display()
+    );
+    Ok(())
 }
 
 pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
+    if let Some(path) = args.session.clone() {
+        return run_session(&args, &path);
+    }
     let file = std::fs::File::open(&args.prices)
         .with_context(|| format!("--prices {}: cannot open", args.prices.display()))?;
     let format = backtest::CsvFormat {
@@ -89,7 +163,7 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
     let mut cfg = BacktestConfig::new(args.from, args.to, args.seed);
     cfg.timezone = args.timezone;
     cfg.forecast = ForecastMode::parse(&args.forecast)?;
-    cfg.gate_storage_budget = args.storage_check;
+    cfg.gate_storage_budget = !args.no_storage_check;
     cfg.validate()?;
     let params = parse_params(&args.params)?;
     let strategies = build_strategies(&args, &cfg, params)?;
@@ -142,7 +216,8 @@ fn parse_params(pairs: &[String]) -> anyhow::Result<StrategyParams> {
     Ok(params)
 }
 
-fn registry() -> anyhow::Result<StrategyRegistry> {
+/// The kinds `vpp backtest` knows: the built-ins and the two benchmarks.
+pub fn registry() -> anyhow::Result<StrategyRegistry> {
     let mut r = StrategyRegistry::with_builtins();
     r.register(NaiveThreshold::KIND, NaiveThreshold::construct)?;
     r.register(NoTrading::KIND, |_| Ok(Box::new(NoTrading)))?;

@@ -15,6 +15,7 @@
 
 pub mod control;
 pub mod park;
+pub mod session;
 pub mod venue;
 
 use crate::config::{Park, StrategySpec};
@@ -33,7 +34,7 @@ use vpp_actors::live::settlement::{SettlementLogic, SettlementWiring, Settlement
 use vpp_actors::live::messages::{MdConflator, MdSender, ToDispatch, ToOms, ToRisk, ToStrategy};
 use vpp_actors::live::oms::{OmsLogic, OmsWiring, SharedLedger};
 use vpp_actors::live::risk::{RiskLogic, RiskWiring};
-use vpp_actors::live::strategy::{StrategyLogic, StrategyWiring};
+use vpp_actors::live::strategy::{StrategyExtras, StrategyLogic, StrategyWiring};
 use vpp_actors::live::{recovery, strategies, StrategyRoutes};
 use vpp_actors::metrics::{names as metric_names, MetricsSnapshot, Stage};
 use vpp_actors::{BoundedSender, Runtime, SupervisedActor, SupervisorSpec};
@@ -129,6 +130,19 @@ pub async fn shutdown_signal() {
 }
 
 /// The strategy owning a client order id `s<strategy>b<epoch>-<n>`.
+/// The strategy version that made an order `s<strategy>v<version>b<epoch>-<n>`; `None` for ids
+/// from before versions were recorded in ids.
+pub fn strategy_version_of(id: &ClientOrderId) -> Option<u32> {
+    let rest = id.as_str().strip_prefix('s')?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let digits: String = rest
+        .strip_prefix('v')?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 pub fn strategy_of(id: &ClientOrderId) -> Option<StrategyId> {
     let rest = id.as_str().strip_prefix('s')?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -167,6 +181,7 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
             .await
             .context("cannot store the markets")?;
     }
+    let versions = record_strategy_versions(&store, &park).await?;
 
     // 1. Journal replay.
     let metrics = rt.metrics.clone();
@@ -267,7 +282,7 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
 
     // 5. Strategies, then the park and the timers that drive them.
     let mut live = live;
-    start_strategies(&park, &rt, &clock, &live, epoch)?;
+    let shadows = start_strategies(&park, &rt, &clock, &live, epoch, &versions)?;
     tracing::info!(
         strategies = park.strategies.iter().filter(|s| s.enabled).count(),
         "trading"
@@ -336,6 +351,7 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         mqtt.shutdown(Duration::from_secs(2)).await;
     }
     write_latency(&rt.metrics.snapshot(), &opts.data_dir);
+    write_shadow_reports(&shadows, &opts.data_dir);
     drop(in_process);
     store.close().await;
     tracing::info!("stopped");
@@ -609,6 +625,8 @@ async fn start_core(
         match m.kind {
             MarketKind::RealTime | MarketKind::CapacityLease => channels.push(Channel::Book),
             MarketKind::DayAhead => channels.push(Channel::AuctionResults),
+            MarketKind::Regulation => channels.push(Channel::AncillaryResults),
+            MarketKind::DemandResponse => channels.push(Channel::DrEvents),
             _ => {}
         }
         for ch in channels {
@@ -682,13 +700,108 @@ fn strategy_init(park: &Park, spec: &StrategySpec) -> anyhow::Result<StrategyIni
     })
 }
 
+/// The configuration a strategy version pins: what the API stores too.
+fn version_config(spec: &StrategySpec) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "aggregation_id": spec.aggregation_id,
+        "market_id": spec.market_id,
+        "params": serde_json::to_value(&spec.params)
+            .with_context(|| format!("strategy {}: params", spec.name))?,
+        "shadow": spec.shadow,
+    }))
+}
+
+/// Upserts every configured strategy and records a new version only when its configuration
+/// (kind aside: the head holds it) differs from the latest stored one. Returns the version in
+/// force per strategy.
+async fn record_strategy_versions(
+    store: &Store,
+    park: &Park,
+) -> anyhow::Result<HashMap<StrategyId, u32>> {
+    let mut versions = HashMap::new();
+    let now = chrono::Utc::now();
+    for spec in &park.strategies {
+        store
+            .upsert_strategy(&vpp_persistence::StrategyRecord {
+                id: spec.id,
+                name: spec.name.clone(),
+                kind: spec.kind.clone(),
+                enabled: spec.enabled,
+                latest_version: 0,
+                updated_at: now,
+            })
+            .await
+            .with_context(|| format!("cannot store strategy {}", spec.name))?;
+        let config = version_config(spec)?;
+        let stored = store
+            .list_strategy_versions(spec.id)
+            .await
+            .with_context(|| format!("cannot read the versions of strategy {}", spec.name))?;
+        let latest = stored.last();
+        let version = match latest {
+            Some(v) if v.config == config => v.version,
+            _ => {
+                let version = latest.map_or(1, |v| v.version + 1);
+                store
+                    .insert_strategy_version(&vpp_persistence::StrategyVersion {
+                        strategy_id: spec.id,
+                        version,
+                        config,
+                        created_at: now,
+                    })
+                    .await
+                    .with_context(|| format!("cannot store strategy {} v{version}", spec.name))?;
+                tracing::info!(strategy = %spec.name, version, "new strategy version");
+                version
+            }
+        };
+        versions.insert(spec.id, version);
+    }
+    Ok(versions)
+}
+
+/// A shadow strategy's paper venue, by strategy name.
+type Shadows = Vec<(String, vpp_actors::live::strategy::SharedPaper)>;
+
+/// Writes `<data_dir>/shadow/<name>.json` per shadow strategy: paper P&L and its last intents.
+fn write_shadow_reports(shadows: &Shadows, data_dir: &Path) {
+    for (name, paper) in shadows {
+        let paper = paper.lock().unwrap_or_else(PoisonError::into_inner);
+        let last: Vec<_> = paper.log().rev().take(1_000).collect();
+        let report = serde_json::json!({
+            "strategy": name,
+            "paper": paper.pnl(),
+            "intents_total": paper.logged_total(),
+            "last_intents": last,
+        });
+        let dir = data_dir.join("shadow");
+        let path = dir.join(format!("{}.json", session::file_stem(name)));
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&report).unwrap_or_default(),
+            )
+        });
+        match written {
+            Ok(()) => tracing::info!(strategy = %name, cash_cny = %paper.pnl().cash_cny,
+                intents = paper.logged_total(), path = %path.display(), "shadow paper P&L"),
+            Err(e) => {
+                tracing::warn!(strategy = %name, error = %e, "cannot write the shadow report")
+            }
+        }
+    }
+}
+
 fn start_strategies(
     park: &Park,
     rt: &Runtime,
     clock: &Arc<dyn Clock>,
     live: &Live,
     epoch: u64,
-) -> anyhow::Result<()> {
+    versions: &HashMap<StrategyId, u32>,
+) -> anyhow::Result<Shadows> {
+    let mut shadows = Shadows::new();
+    let session_dir = park.daemon.record_session_dir.as_ref().map(PathBuf::from);
     let registry = Arc::new(strategies::registry());
     let ledger = live
         .ledger
@@ -698,9 +811,47 @@ fn start_strategies(
     for spec in park.strategies.iter().filter(|s| s.enabled) {
         let init = strategy_init(park, spec)?;
         let mut host = HostConfig::new(spec.id, spec.aggregation_id);
-        host.id_prefix = Some(format!("s{}b{epoch}", spec.id));
+        // The version is part of every client order id (`s<id>v<version>b<boot>-<n>`): each
+        // order records the strategy version that made it, in the journal, the store and at
+        // the venue, and ids without it (older journals) still parse.
+        host.id_prefix = Some(match versions.get(&spec.id) {
+            Some(v) => format!("s{}v{v}b{epoch}", spec.id),
+            None => format!("s{}b{epoch}", spec.id),
+        });
         let name = format!("strategy/{}", spec.name);
         let md = MdConflator::new(name.as_str().into(), 4_096, &rt.metrics);
+        let mut extras = StrategyExtras::default();
+        if spec.shadow {
+            let paper = Arc::new(Mutex::new(vpp_engine::strategy::PaperVenue::new()));
+            shadows.push((spec.name.clone(), Arc::clone(&paper)));
+            extras.shadow = Some(paper);
+        }
+        if let Some(dir) = &session_dir {
+            let start = vpp_engine::backtest::SessionEvent::Start {
+                at: clock.now(),
+                strategy: Box::new(vpp_engine::backtest::SessionStrategy {
+                    strategy_id: spec.id,
+                    aggregation_id: spec.aggregation_id,
+                    name: spec.name.clone(),
+                    kind: spec.kind.clone(),
+                    version: versions.get(&spec.id).copied(),
+                    market: init.market.clone(),
+                    params: init.params.clone(),
+                    id_prefix: host.id_prefix.clone(),
+                }),
+            };
+            let recorder =
+                session::SessionRecorder::start(dir, &spec.name, start).with_context(|| {
+                    format!(
+                        "strategy {}: cannot record its session in {}",
+                        spec.name,
+                        dir.display()
+                    )
+                })?;
+            extras.tap = Some(recorder);
+        }
+        tracing::info!(strategy = %spec.name, version = ?versions.get(&spec.id), shadow = spec.shadow,
+            recording = session_dir.is_some(), "starting strategy");
         let wiring = StrategyWiring {
             init,
             host,
@@ -723,7 +874,8 @@ fn start_strategies(
                 host.adopt_position(*k, p.clone());
             }
         })
-        .map_err(|e| anyhow::anyhow!("strategy {}: {e}", spec.name))?;
+        .map_err(|e| anyhow::anyhow!("strategy {}: {e}", spec.name))?
+        .with_extras(extras.clone());
         let oms = live.oms.clone();
         let sid = spec.id;
         // Snapshots serialise the strategy's state: every 64 messages keeps that off the
@@ -741,7 +893,7 @@ fn start_strategies(
             });
         let rebuild_w = wiring.clone();
         let handle = SupervisedActor::new(supervisor, rt.clone(), logic, move |snap| {
-            StrategyLogic::rebuild(rebuild_w.clone(), snap)
+            StrategyLogic::rebuild(rebuild_w.clone(), snap).map(|l| l.with_extras(extras.clone()))
         })?
         .start();
         live.routes
@@ -753,7 +905,7 @@ fn start_strategies(
             .unwrap_or_else(PoisonError::into_inner)
             .push(md.sender(handle.recipient()));
     }
-    Ok(())
+    Ok(shadows)
 }
 
 async fn timer_loop(
