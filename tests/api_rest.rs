@@ -832,6 +832,28 @@ async fn dashboard_assets_metrics_and_health_are_served() {
     let (s, _, b) = call!(svc, get, "/api/v1/session", e.trader);
     assert_eq!(s, StatusCode::OK);
     assert_eq!(json_of(&b)["role"], "trader");
+    // The OpenAPI document lists the catalog, records, settlement and stream routes.
+    let res = call_service(
+        &svc,
+        TestRequest::get().uri("/api/v1/openapi.json").to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let doc = json_of(&read_body(res).await);
+    for path in [
+        "/api/v1/templates",
+        "/api/v1/resources/geojson",
+        "/api/v1/aggregations/{id}/members",
+        "/api/v1/strategies/{id}/backtests",
+        "/api/v1/settlement/reports",
+        "/api/v1/stream",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
     // The stream refuses a bad token before upgrading.
     let res = call_service(
         &svc,

@@ -299,7 +299,8 @@ pub struct TemplateFilter {
     name: Option<String>,
 }
 
-async fn list_templates(
+#[utoipa::path(get, path = "/api/v1/templates", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_templates(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<TemplateFilter>,
@@ -324,7 +325,8 @@ async fn list_templates(
     Ok(HttpResponse::Ok().json(Page::from_vec(views, page_req(q.limit, q.offset)?)))
 }
 
-async fn create_template(
+#[utoipa::path(post, path = "/api/v1/templates", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn create_template(
     state: web::Data<ApiState>,
     caller: Caller,
     body: web::Json<TemplateBody>,
@@ -350,7 +352,8 @@ async fn create_template(
     .await
 }
 
-async fn validate_template(
+#[utoipa::path(post, path = "/api/v1/templates/validate", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn validate_template(
     caller: Caller,
     body: web::Json<TemplateBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -359,7 +362,8 @@ async fn validate_template(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "valid": true })))
 }
 
-async fn get_template(
+#[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_template(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -373,7 +377,8 @@ async fn get_template(
     Ok(HttpResponse::Ok().json(TemplateView::of(latest, u32::try_from(versions.len()).ok())))
 }
 
-async fn update_template(
+#[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn update_template(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -400,7 +405,8 @@ async fn update_template(
     .await
 }
 
-async fn delete_template(
+#[utoipa::path(delete, path = "/api/v1/templates/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_template(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -438,7 +444,8 @@ async fn delete_template(
     .await
 }
 
-async fn list_template_versions(
+#[utoipa::path(get, path = "/api/v1/templates/{id}/versions", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_template_versions(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -454,7 +461,8 @@ async fn list_template_versions(
     Ok(HttpResponse::Ok().json(Page::from_vec(views, q.into_inner().validate()?)))
 }
 
-async fn get_template_version(
+#[utoipa::path(get, path = "/api/v1/templates/{id}/versions/{version}", tag = "catalog", params(("id" = String, Path), ("version" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_template_version(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -483,7 +491,8 @@ pub struct TemplateUsage {
     pub resource_ids: Vec<u64>,
 }
 
-async fn template_usage(
+#[utoipa::path(get, path = "/api/v1/templates/{id}/usage", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn template_usage(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -595,7 +604,8 @@ impl ResourceFilter {
     }
 }
 
-async fn list_resources(
+#[utoipa::path(get, path = "/api/v1/resources", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_resources(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<ResourceFilter>,
@@ -632,7 +642,8 @@ pub fn geojson(resources: &[Resource]) -> serde_json::Value {
     serde_json::json!({ "type": "FeatureCollection", "features": features })
 }
 
-async fn resources_geojson(
+#[utoipa::path(get, path = "/api/v1/resources/geojson", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn resources_geojson(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<ResourceFilter>,
@@ -645,7 +656,8 @@ async fn resources_geojson(
         .json(geojson(&page.items)))
 }
 
-async fn create_resource(
+#[utoipa::path(post, path = "/api/v1/resources", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn create_resource(
     state: web::Data<ApiState>,
     caller: Caller,
     body: web::Json<NewResource>,
@@ -705,7 +717,8 @@ async fn create_resource(
     .await
 }
 
-async fn get_resource(
+#[utoipa::path(get, path = "/api/v1/resources/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_resource(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -726,7 +739,8 @@ async fn get_resource(
     Ok(HttpResponse::Ok().json(v))
 }
 
-async fn update_resource(
+#[utoipa::path(patch, path = "/api/v1/resources/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn update_resource(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -787,7 +801,8 @@ async fn refuse_retire_member(store: &Store, id: ResourceId) -> Result<(), ApiEr
 
 /// Resources are never deleted (telemetry, dispatch and settlement refer to them): DELETE
 /// retires one, which is final.
-async fn retire_resource(
+#[utoipa::path(delete, path = "/api/v1/resources/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn retire_resource(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -867,7 +882,8 @@ pub struct AggregationFilter {
     name: Option<String>,
 }
 
-async fn list_aggregations(
+#[utoipa::path(get, path = "/api/v1/aggregations", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_aggregations(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<AggregationFilter>,
@@ -909,7 +925,8 @@ async fn store_checked(state: &ApiState, mut a: Aggregation) -> Result<Aggregati
     Ok(a)
 }
 
-async fn create_aggregation(
+#[utoipa::path(post, path = "/api/v1/aggregations", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn create_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
     body: web::Json<AggregationBody>,
@@ -955,7 +972,8 @@ async fn load_aggregation(store: &Store, raw: &str) -> Result<Aggregation, ApiEr
         .ok_or_else(|| ApiError::not_found(format!("aggregation {id}"), Some("id")))
 }
 
-async fn get_aggregation(
+#[utoipa::path(get, path = "/api/v1/aggregations/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -965,7 +983,8 @@ async fn get_aggregation(
     Ok(HttpResponse::Ok().json(view(&state, &a)))
 }
 
-async fn update_aggregation(
+#[utoipa::path(put, path = "/api/v1/aggregations/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn update_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -998,7 +1017,8 @@ async fn update_aggregation(
 
 /// The store keeps aggregations (settlement and positions refer to them): DELETE releases
 /// every membership and deactivates it.
-async fn delete_aggregation(
+#[utoipa::path(delete, path = "/api/v1/aggregations/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -1028,7 +1048,8 @@ async fn delete_aggregation(
     .await
 }
 
-async fn list_members(
+#[utoipa::path(get, path = "/api/v1/aggregations/{id}/members", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_members(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -1059,7 +1080,8 @@ async fn list_members(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "aggregation_id": a.id.0, "items": members })))
 }
 
-async fn set_member(
+#[utoipa::path(post, path = "/api/v1/aggregations/{id}/members", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn set_member(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -1090,7 +1112,8 @@ async fn set_member(
     .await
 }
 
-async fn remove_member(
+#[utoipa::path(delete, path = "/api/v1/aggregations/{id}/members/{resource_id}", tag = "catalog", params(("id" = String, Path), ("resource_id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn remove_member(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -1120,7 +1143,8 @@ async fn remove_member(
     .await
 }
 
-async fn activate(
+#[utoipa::path(post, path = "/api/v1/aggregations/{id}/activate", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn activate(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -1128,7 +1152,8 @@ async fn activate(
     set_activation(state, caller, path, true).await
 }
 
-async fn deactivate(
+#[utoipa::path(post, path = "/api/v1/aggregations/{id}/deactivate", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn deactivate(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -1230,7 +1255,8 @@ pub struct ConflictCheck {
     share_pct: Option<Decimal>,
 }
 
-async fn all_conflicts(
+#[utoipa::path(get, path = "/api/v1/aggregations/conflicts", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn all_conflicts(
     state: web::Data<ApiState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
@@ -1239,7 +1265,8 @@ async fn all_conflicts(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": conflicts })))
 }
 
-async fn aggregation_conflicts(
+#[utoipa::path(get, path = "/api/v1/aggregations/{id}/conflicts", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn aggregation_conflicts(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -1374,7 +1401,8 @@ pub async fn capacities(state: &ApiState) -> Result<Vec<CapacityView>, ApiError>
     Ok(out)
 }
 
-async fn all_capacity(
+#[utoipa::path(get, path = "/api/v1/capacity", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn all_capacity(
     state: web::Data<ApiState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {

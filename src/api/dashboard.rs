@@ -40,20 +40,24 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
-async fn index() -> HttpResponse {
+#[utoipa::path(get, path = "/", tag = "dashboard", responses((status = 200, description = "success")))]
+pub async fn index() -> HttpResponse {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
-async fn js() -> HttpResponse {
+#[utoipa::path(get, path = "/dashboard.js", tag = "dashboard", responses((status = 200, description = "success")))]
+pub async fn js() -> HttpResponse {
     asset("text/javascript; charset=utf-8", DASHBOARD_JS)
 }
 
-async fn css() -> HttpResponse {
+#[utoipa::path(get, path = "/dashboard.css", tag = "dashboard", responses((status = 200, description = "success")))]
+pub async fn css() -> HttpResponse {
     asset("text/css; charset=utf-8", DASHBOARD_CSS)
 }
 
 /// `GET /api/v1/session`: the calling token's name and role.
-async fn session(caller: Caller) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/session", tag = "dashboard", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn session(caller: Caller) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "name": caller.name,
         "role": caller.role.as_str(),

@@ -165,7 +165,8 @@ fn aggregation_names(state: &ApiState) -> BTreeMap<u64, String> {
         .collect()
 }
 
-async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+#[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "success")))]
+pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(render_metrics(&state))
@@ -290,7 +291,8 @@ pub struct HealthQuery {
     probe: Option<String>,
 }
 
-async fn health(
+#[utoipa::path(get, path = "/health", tag = "observe", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody), (status = 503, description = "not ready")))]
+pub async fn health(
     state: web::Data<ApiState>,
     q: web::Query<HealthQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -313,7 +315,8 @@ async fn health(
     })
 }
 
-async fn latency(state: web::Data<ApiState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/latency", tag = "observe", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn latency(state: web::Data<ApiState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let snap = state.runtime.metrics.snapshot();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": snap.latencies })))

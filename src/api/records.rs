@@ -167,7 +167,8 @@ pub(crate) async fn filtered_orders(
     Ok(orders)
 }
 
-async fn list_orders(
+#[utoipa::path(get, path = "/api/v1/orders", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_orders(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<OrderFilter>,
@@ -178,7 +179,8 @@ async fn list_orders(
     Ok(HttpResponse::Ok().json(Page::from_vec(orders, req)))
 }
 
-async fn get_order(
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "records", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_order(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -226,7 +228,8 @@ impl ExecutionRecord {
     }
 }
 
-async fn order_events(
+#[utoipa::path(get, path = "/api/v1/orders/{id}/events", tag = "records", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn order_events(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -243,7 +246,8 @@ async fn order_events(
 
 /// Execution records of the orders matching the order filter (newest orders first, each
 /// order's events in journal order). The page cuts orders, so one order's life is never split.
-async fn execution_records(
+#[utoipa::path(get, path = "/api/v1/execution-records", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn execution_records(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<OrderFilter>,
@@ -281,7 +285,8 @@ pub struct FillFilter {
     to: Option<String>,
 }
 
-async fn list_fills(
+#[utoipa::path(get, path = "/api/v1/fills", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_fills(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<FillFilter>,
@@ -369,7 +374,8 @@ pub(crate) async fn positions(state: &ApiState) -> Result<Vec<PositionView>, Api
         .collect())
 }
 
-async fn list_positions(
+#[utoipa::path(get, path = "/api/v1/positions", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_positions(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<PositionFilter>,
@@ -456,7 +462,8 @@ where
     }
 }
 
-async fn risk_events(
+#[utoipa::path(get, path = "/api/v1/risk/events", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn risk_events(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<LogFilter>,
@@ -490,7 +497,8 @@ async fn risk_events(
 }
 
 /// Deviations: the risk monitor's delivery-deviation events (rules starting `deviation`).
-async fn deviations(
+#[utoipa::path(get, path = "/api/v1/dispatch/deviations", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn deviations(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<LogFilter>,
@@ -521,7 +529,8 @@ async fn deviations(
     }))
 }
 
-async fn dispatch_instructions(
+#[utoipa::path(get, path = "/api/v1/dispatch/instructions", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn dispatch_instructions(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<LogFilter>,
@@ -548,7 +557,8 @@ async fn dispatch_instructions(
     }))
 }
 
-async fn audit_log(
+#[utoipa::path(get, path = "/api/v1/audit", tag = "records", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn audit_log(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<LogFilter>,

@@ -107,7 +107,8 @@ impl RangeQuery {
     }
 }
 
-async fn list_records(
+#[utoipa::path(get, path = "/api/v1/settlement/records", tag = "settlement", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_records(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<RangeQuery>,
@@ -118,7 +119,8 @@ async fn list_records(
     Ok(HttpResponse::Ok().json(Page::from_vec(records, req)))
 }
 
-async fn get_record(
+#[utoipa::path(get, path = "/api/v1/settlement/records/{id}", tag = "settlement", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_record(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -185,7 +187,8 @@ pub fn pnl(records: &[SettlementRecord]) -> (Vec<DayPnl>, Decimal) {
     (rows.into_values().collect(), total)
 }
 
-async fn analysis(
+#[utoipa::path(get, path = "/api/v1/settlement/analysis", tag = "settlement", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn analysis(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<RangeQuery>,
@@ -257,7 +260,8 @@ pub fn report_csv_text(records: &[SettlementRecord]) -> String {
     out
 }
 
-async fn report(
+#[utoipa::path(get, path = "/api/v1/settlement/reports", tag = "settlement", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn report(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<RangeQuery>,
@@ -297,7 +301,8 @@ async fn csv_answer(state: &ApiState, q: &RangeQuery) -> Result<HttpResponse, Ap
         .body(report_csv_text(&records)))
 }
 
-async fn report_csv(
+#[utoipa::path(get, path = "/api/v1/settlement/reports.csv", tag = "settlement", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn report_csv(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<RangeQuery>,
@@ -347,7 +352,8 @@ pub fn balances_of(records: &[SettlementRecord]) -> Vec<Balance> {
     by.into_values().collect()
 }
 
-async fn balances(
+#[utoipa::path(get, path = "/api/v1/settlement/balances", tag = "settlement", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn balances(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<RangeQuery>,

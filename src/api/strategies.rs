@@ -326,7 +326,8 @@ pub struct ListQuery {
     shadow: Option<bool>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/v1/strategies", tag = "strategies", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list(
     state: web::Data<ApiState>,
     caller: Caller,
     q: web::Query<ListQuery>,
@@ -368,7 +369,8 @@ pub struct NewStrategy {
     pub enabled: bool,
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/v1/strategies", tag = "strategies", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
     body: web::Json<NewStrategy>,
@@ -414,7 +416,8 @@ async fn create(
     .await
 }
 
-async fn get(
+#[utoipa::path(get, path = "/api/v1/strategies/{id}", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -441,7 +444,8 @@ pub struct StrategyPatch {
     pub shadow: Option<bool>,
 }
 
-async fn update(
+#[utoipa::path(put, path = "/api/v1/strategies/{id}", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn update(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -486,7 +490,8 @@ async fn update(
 }
 
 /// Strategies are never deleted (orders and the audit trail name them): DELETE disables.
-async fn disable(
+#[utoipa::path(delete, path = "/api/v1/strategies/{id}", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn disable(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -501,7 +506,8 @@ pub struct ActivateBody {
     pub version: Option<u32>,
 }
 
-async fn activate(
+#[utoipa::path(post, path = "/api/v1/strategies/{id}/activate", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn activate(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -511,7 +517,8 @@ async fn activate(
     set_enabled(state, caller, path, true, version).await
 }
 
-async fn deactivate(
+#[utoipa::path(post, path = "/api/v1/strategies/{id}/deactivate", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn deactivate(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -568,7 +575,8 @@ pub struct ShadowBody {
     pub shadow: bool,
 }
 
-async fn set_shadow(
+#[utoipa::path(put, path = "/api/v1/strategies/{id}/shadow", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn set_shadow(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -595,7 +603,8 @@ async fn set_shadow(
     .await
 }
 
-async fn versions(
+#[utoipa::path(get, path = "/api/v1/strategies/{id}/versions", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn versions(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -606,7 +615,8 @@ async fn versions(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "strategy_id": r.id.0, "items": list })))
 }
 
-async fn version(
+#[utoipa::path(get, path = "/api/v1/strategies/{id}/versions/{version}", tag = "strategies", params(("id" = String, Path), ("version" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn version(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -639,7 +649,8 @@ pub struct ValidateBody {
     pub params: serde_json::Value,
 }
 
-async fn validate(
+#[utoipa::path(post, path = "/api/v1/strategies/validate", tag = "strategies", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn validate(
     state: web::Data<ApiState>,
     caller: Caller,
     body: web::Json<ValidateBody>,
@@ -749,7 +760,8 @@ pub fn builtin_templates() -> Vec<StrategyTemplate> {
     ]
 }
 
-async fn templates(caller: Caller) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/strategies/templates", tag = "strategies", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn templates(caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let kinds: Vec<&str> = registry().kinds().collect();
     let items: Vec<StrategyTemplate> = builtin_templates()
@@ -901,7 +913,8 @@ fn run_blocking(
     serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-async fn run_backtest(
+#[utoipa::path(post, path = "/api/v1/strategies/{id}/backtests", tag = "strategies", params(("id" = String, Path)), responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn run_backtest(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
@@ -1016,7 +1029,8 @@ pub struct RunsQuery {
     offset: Option<u64>,
 }
 
-async fn list_backtests(
+#[utoipa::path(get, path = "/api/v1/backtests", tag = "strategies", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn list_backtests(
     caller: Caller,
     q: web::Query<RunsQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -1040,7 +1054,11 @@ async fn list_backtests(
     Ok(HttpResponse::Ok().json(Page::from_vec(list, req)))
 }
 
-async fn get_backtest(caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/backtests/{id}", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_backtest(
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let id: u64 = path.parse().map_err(|_| ApiError::BadRequest {
         code: "bad_path",

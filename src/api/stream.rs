@@ -134,7 +134,8 @@ async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<String, Api
     Ok(row.name)
 }
 
-async fn stream(
+#[utoipa::path(get, path = "/api/v1/stream", tag = "stream", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn stream(
     state: web::Data<ApiState>,
     req: HttpRequest,
     body: web::Payload,
