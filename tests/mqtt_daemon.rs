@@ -10,7 +10,9 @@
 //!    600 kW, then to 4 × (250 − 200) = 200 kW;
 //! 2. sees the dispatch setpoints of the traded intervals arrive on
 //!    `vpp/<site>/<resource>/setpoint`, below the metered 200 kW (buying means curtailing PV);
-//! 3. after SIGTERM (exit 0), finds those instructions journaled in the store with cause `award`.
+//! 3. sees the traded interval settled (`vpp_settlement_records_total{result="written"}`);
+//! 4. after SIGTERM (exit 0), finds the instructions journaled with cause `award` and the draft
+//!    settlement records in the store, each record's lines adding up to its total.
 //!
 //! Waits are bounded and only wait for progress; nothing asserts on timing.
 
@@ -212,7 +214,20 @@ fn mqtt_telemetry_moves_capacity_and_setpoints_arrive_on_the_broker() {
         assert!((0.0..200.0).contains(kw), "{topic}: {kw} kW");
     }
 
-    // 3. Graceful stop; the instructions are journaled with their cause.
+    // 3. The traded interval ends: it is settled and its draft record written.
+    let written = || {
+        snapshot(dir.path())
+            .and_then(|s| s.counter("vpp_settlement_records_total", &[("result", "written")]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while written().unwrap_or(0) == 0 {
+        publish(200);
+        check_alive("a settlement record");
+        assert!(Instant::now() < deadline, "no settlement record written");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 4. Graceful stop; the instructions are journaled with their cause, the records stored.
     let killed = Command::new("kill")
         .args(["-TERM", &daemon.0.id().to_string()])
         .status()
@@ -225,13 +240,34 @@ fn mqtt_telemetry_moves_capacity_and_setpoints_arrive_on_the_broker() {
         "SIGTERM exits 0, got {status}; last logs:\n{}",
         lines[lines.len().saturating_sub(30)..].join("\n")
     );
-    let journaled = actix::System::new().block_on(async {
+    let (journaled, settled) = actix::System::new().block_on(async {
         let store = vpp_persistence::Store::open(&db).await.unwrap();
-        store
+        let journaled = store
             .list_dispatch_instructions(None, 0, 10_000)
             .await
+            .unwrap();
+        // The run covers at most a few simulated hours around the anchor (Shanghai days).
+        let today = chrono::DateTime::from_timestamp(anchor, 0)
             .unwrap()
+            .with_timezone(&chrono_tz::Asia::Shanghai)
+            .date_naive();
+        let mut settled = Vec::new();
+        for day in [today.pred_opt().unwrap(), today, today.succ_opt().unwrap()] {
+            settled.extend(store.list_settlements(day, 1_000).await.unwrap());
+        }
+        (journaled, settled)
     });
+    assert!(!settled.is_empty(), "no settlement record in the store");
+    for r in &settled {
+        assert_eq!(r.detail["status"], "draft", "{r:?}");
+        let lines: rust_decimal::Decimal = r
+            .lines
+            .iter()
+            .filter(|l| l.kind != "resource_share")
+            .map(|l| l.amount_cny)
+            .sum();
+        assert_eq!(lines, r.total_cny, "a record's lines add up to its total");
+    }
     assert!(
         journaled.iter().any(|d| d.reason == "award"),
         "no award instruction journaled: {journaled:?}"
