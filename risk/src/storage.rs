@@ -7,26 +7,28 @@
 //! interval) three schedules are kept, in MW net sold:
 //! - `net_point_mw[t]` = filled net sold + open sells: the lowest point *within* slot `t`,
 //!   where the slot's own open buys do not count (its sells may be delivered first);
+//! - `net_high_mw[t]` = filled net sold − open buys: the highest point within slot `t`, where
+//!   the slot's own open sells do not count;
 //! - `net_carry_mw[t]` = filled net sold + open sells − open buys: what slot `t` carries into
-//!   the next slots when everything open fills. So a sell in slot `t` may count the open buys
-//!   of slots before `t` (a day-ahead plan that buys at night and sells the energy later in the
-//!   same auction passes), never those of slot `t` or later;
-//! - `net_high_mw[t]` = filled net sold − open buys (buys fill, sells do not): the highest
-//!   path, checked against `soc_max_kwh`.
+//!   the next slots when everything open fills.
 //!
-//! The low path is `start[t] = energy + Σ_{s<t} Δ(carry[s])`, `low[t] = start[t] + Δ(point[t])`,
-//! checked against `soc_min_kwh`. The price of counting earlier open buys: if such a buy is
-//! later cancelled or not awarded while the sell is, the plan may miss energy; a cancel is a
-//! fact risk cannot refuse, and the deviation monitor catches the shortfall.
+//! So a sell in slot `t` may count the open buys of slots before `t` (a day-ahead plan that
+//! buys at night and sells the energy later in the same auction passes), never those of slot
+//! `t` or later; likewise a buy may count the open sells of earlier slots (sell in the morning
+//! peak, recharge at noon). With `start[t] = energy + Σ_{s<t} Δ(carry[s])`:
+//! `low[t] = start[t] + Δ(point[t]) >= soc_min_kwh` and
+//! `high[t] = start[t] + Δ(high[t]) <= soc_max_kwh`.
+//! The price of counting earlier open orders: if such an order is later cancelled or not
+//! awarded while the later one is, the plan may miss energy or room; a cancel is a fact risk
+//! cannot refuse, and the deviation monitor catches the shortfall.
 //!
 //! Discharging `n` MW for 0.25 h removes `n × 250` kWh; charging stores `|n| × 250 × η` kWh
 //! (the round-trip efficiency is charged on the way in). Capacity products (regulation,
 //! reserve) are energy-neutral in this model.
 //!
-//! Invariants: `suffix_low_kwh[t] = min over s >= t of low[s]` and `suffix_high_kwh[t]` the
-//! max of the high path after slot `s >= t`; `start_kwh[t]` as above. All are rebuilt
-//! (O(horizon)) on every change, so a check is O(1) and allocation-free. Vectors are sized
-//! once to the horizon.
+//! Invariants: `suffix_low_kwh[t] = min over s >= t of low[s]`, `suffix_high_kwh[t] = max over
+//! s >= t of high[s]`, `start_kwh[t]` as above. All are rebuilt (O(horizon)) on every change,
+//! so a check is O(1) and allocation-free. Vectors are sized once to the horizon.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -156,13 +158,12 @@ impl StorageSchedule {
 
     fn rebuild(&mut self) {
         let eff = self.budget.round_trip_efficiency;
-        let (mut start, mut high) = (self.budget.energy_kwh, self.budget.energy_kwh);
+        let mut start = self.budget.energy_kwh;
         for t in 0..self.horizon() {
             self.start_kwh[t] = start;
             self.suffix_low_kwh[t] = start + delta_kwh(self.net_point_mw[t], eff);
+            self.suffix_high_kwh[t] = start + delta_kwh(self.net_high_mw[t], eff);
             start += delta_kwh(self.net_carry_mw[t], eff);
-            high += delta_kwh(self.net_high_mw[t], eff);
-            self.suffix_high_kwh[t] = high;
         }
         for t in (0..self.horizon().saturating_sub(1)).rev() {
             self.suffix_low_kwh[t] = self.suffix_low_kwh[t].min(self.suffix_low_kwh[t + 1]);
@@ -200,9 +201,15 @@ impl StorageSchedule {
             }
         }
         if buy_mw > Decimal::ZERO {
-            let old = self.net_high_mw[slot];
-            let shift = delta_kwh(old - buy_mw, eff) - delta_kwh(old, eff);
-            let highest_kwh = self.suffix_high_kwh[slot] + shift;
+            // Within the slot: its own open sells do not count.
+            let point = self.net_high_mw[slot];
+            let mut highest_kwh = self.start_kwh[slot] + delta_kwh(point - buy_mw, eff);
+            // Later slots: the buy raises what this slot carries forward.
+            if let Some(later) = self.suffix_high_kwh.get(slot + 1) {
+                let carry = self.net_carry_mw[slot];
+                let shift = delta_kwh(carry - buy_mw, eff) - delta_kwh(carry, eff);
+                highest_kwh = highest_kwh.max(*later + shift);
+            }
             if highest_kwh > self.budget.soc_max_kwh {
                 return Err(StorageBreach::AboveMax { highest_kwh });
             }
@@ -210,7 +217,8 @@ impl StorageSchedule {
         Ok(())
     }
 
-    /// Lowest and highest worst-case energy from a slot on, for the exposure view.
+    /// Lowest and highest energy from a slot on (within-slot worst cases), for the exposure
+    /// view.
     pub fn envelope(&self, interval_index: i64) -> Option<(Decimal, Decimal)> {
         let slot = self.slot(interval_index)?;
         Some((self.suffix_low_kwh[slot], self.suffix_high_kwh[slot]))
@@ -331,5 +339,24 @@ mod tests {
         // In its own slot a filled buy nets against the sell (no round trip): 2 + 2 MW.
         assert!(s.check(1001, dec!(4), dec!(0)).is_ok());
         assert!(s.check(1001, dec!(4.001), dec!(0)).is_err());
+    }
+
+    #[test]
+    fn an_open_sell_in_an_earlier_interval_makes_room_for_a_later_buy() {
+        // 600 kWh, max 900: 300 kWh of room = 1.5 MW at 80 %. Selling 2 MW at slot 1 (500 kWh)
+        // makes 500 kWh more room from slot 2 on: 800 kWh = 4 MW.
+        let mut s = battery();
+        s.add(1001, dec!(0), dec!(2), dec!(0));
+        assert!(s.check(1003, dec!(0), dec!(4)).is_ok());
+        assert_eq!(
+            s.check(1003, dec!(0), dec!(4.001)),
+            Err(StorageBreach::AboveMax {
+                highest_kwh: dec!(900.2000)
+            })
+        );
+        // Not in the sell's own slot, not before it.
+        assert!(s.check(1001, dec!(0), dec!(1.5)).is_ok());
+        assert!(s.check(1001, dec!(0), dec!(1.501)).is_err());
+        assert!(s.check(1000, dec!(0), dec!(1.501)).is_err());
     }
 }

@@ -115,9 +115,9 @@ fn sums_by<K: Ord>(ledger: &OrderLedger, key: impl Fn(&OrderRequest) -> K) -> BT
     out
 }
 
-/// `funding_intact`: no open battery buy has been cancelled. A sell may count the open buys of
-/// earlier intervals (the day-ahead plan "buy at night, sell later"); a cancel is a fact risk
-/// cannot refuse, so only while the buys stand does the low path have to hold.
+/// `funding_intact`: no open battery order has been cancelled. A sell may count the open buys of
+/// earlier intervals (the day-ahead plan "buy at night, sell later") and a buy the open sells;
+/// a cancel is a fact risk cannot refuse, so only while they stand must the paths hold.
 fn check_invariants(ledger: &OrderLedger, funding_intact: bool) -> Result<(), TestCaseError> {
     let zero = Decimal::ZERO;
     let flex = sums_by(ledger, |r| (r.aggregation_id, r.interval));
@@ -137,10 +137,10 @@ fn check_invariants(ledger: &OrderLedger, funding_intact: bool) -> Result<(), Te
     }
     // Battery: the energy path of what is filled (and worst cases of what is open) stays
     // within the state-of-charge limits on every interval. Low: within an interval its open
-    // sells fill and its open buys do not; what it carries on has everything filled. High:
-    // buys fill, sells do not.
+    // sells fill and its open buys do not; high: the other way round; what an interval carries
+    // on has everything filled.
     let b = budget();
-    let (mut start, mut high) = (b.energy_kwh, b.energy_kwh);
+    let mut start = b.energy_kwh;
     let kwh = |net_sold: Decimal| {
         let e = net_sold * Decimal::from(250);
         if net_sold > zero {
@@ -154,12 +154,12 @@ fn check_invariants(ledger: &OrderLedger, funding_intact: bool) -> Result<(), Te
             continue;
         }
         let low = start + kwh(s.filled_net_sold + s.open_sell);
+        let high = start + kwh(s.filled_net_sold - s.open_buy);
         start += kwh(s.filled_net_sold + s.open_sell - s.open_buy);
-        high += kwh(s.filled_net_sold - s.open_buy);
         if funding_intact {
             prop_assert!(low >= b.soc_min_kwh, "battery low path {low}");
+            prop_assert!(high <= b.soc_max_kwh, "battery high path {high}");
         }
-        prop_assert!(high <= b.soc_max_kwh, "battery high path {high}");
     }
     Ok(())
 }
@@ -230,10 +230,11 @@ impl Run {
                 let Some((id, _)) = self.pick(pick) else {
                     return;
                 };
-                let battery_buy = self.ledger.order(&id).is_some_and(|o| {
-                    o.request.aggregation_id == BATTERY && o.request.side == Side::Buy
-                });
-                self.funding_intact &= !battery_buy;
+                let battery = self
+                    .ledger
+                    .order(&id)
+                    .is_some_and(|o| o.request.aggregation_id == BATTERY);
+                self.funding_intact &= !battery;
                 self.seq += 1;
                 let kind = ExecKind::Cancelled {
                     reason: "prop".into(),

@@ -127,9 +127,10 @@ pub struct BacktestConfig {
     pub price_cap_cny_per_mwh: Decimal,
     pub price_floor_cny_per_mwh: Decimal,
     pub real_time: RealTimeBook,
-    /// Hand the battery's storage budget to the gate (the risk crate's worst-case energy
-    /// check: open buys are assumed not to fill). Off by default: that check refuses every
-    /// day-ahead plan that sells energy bought in the same auction.
+    /// Hand the battery's storage budget to the gate (the risk crate's energy check across
+    /// intervals: a sell may count open buys of earlier intervals, never of its own or later
+    /// ones, and buys likewise). On by default; off only to see what a strategy would do
+    /// without it (its undelivered MWh then shows what the battery could not do).
     pub gate_storage_budget: bool,
 }
 
@@ -152,7 +153,7 @@ impl BacktestConfig {
                 noise_cny_per_mwh: dec!(40),
                 depth_mw: dec!(5),
             },
-            gate_storage_budget: false,
+            gate_storage_budget: true,
         }
     }
 
