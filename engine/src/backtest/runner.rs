@@ -63,6 +63,8 @@ struct Slot {
     /// The last capacity update, rebuilt only when the energy changed (Decimal division is
     /// the dearest thing on the per-step path).
     capacity: Option<CapacityUpdate>,
+    /// The battery energy `capacity` was built for (an equality test, no multiplication).
+    capacity_energy_mwh: Decimal,
 }
 
 /// Work queued within a step.
@@ -167,6 +169,7 @@ impl<'a> Run<'a> {
                 out: SlotOutcome::default(),
                 killed: false,
                 capacity: None,
+                capacity_energy_mwh: Decimal::ZERO,
             });
         }
         let mut run = Self {
@@ -242,13 +245,15 @@ impl<'a> Run<'a> {
         self.deliver(DeliveryInterval::containing(t - STEP));
         self.gate.on_tick(t);
         for k in 0..self.slots.len() {
-            let update = match self.slots[k].capacity {
-                Some(c) if c.capacity.energy_kwh == self.slots[k].energy_mwh * dec!(1000) => {
+            let slot = &self.slots[k];
+            let update = match slot.capacity {
+                Some(c) if slot.capacity_energy_mwh == slot.energy_mwh => {
                     CapacityUpdate { at: t, ..c }
                 }
                 _ => self.capacity_of(k, t),
             };
             self.slots[k].capacity = Some(update);
+            self.slots[k].capacity_energy_mwh = self.slots[k].energy_mwh;
             let mut for_gate = update;
             if !self.cfg.gate_storage_budget {
                 for_gate.storage = None;
@@ -287,6 +292,11 @@ impl<'a> Run<'a> {
                 if let Some(p) = self.ledger.position(&key) {
                     net_sold += p.net_sold_mw();
                 }
+            }
+            if net_sold.is_zero() {
+                // Nothing traded for the interval: the battery stays as it is.
+                slot.out.soc.push((interval, slot.energy_mwh));
+                continue;
             }
             let b = &slot.battery;
             let wanted = if net_sold > Decimal::ZERO {
