@@ -105,9 +105,9 @@ enum Command {
     },
     /// Manage operator API tokens (stored hashed; the plaintext is printed once).
     Token {
-        #[arg(long)]
+        #[arg(long, global = true)]
         config: Option<PathBuf>,
-        #[arg(long, env = "VPP_DATABASE_URL")]
+        #[arg(long, env = "VPP_DATABASE_URL", global = true)]
         database_url: Option<String>,
         #[command(subcommand)]
         action: TokenAction,
