@@ -97,7 +97,7 @@ impl PaperVenue {
     }
 
     /// The recorded intents still in memory, oldest first.
-    pub fn log(&self) -> impl Iterator<Item = &RecordedIntent> {
+    pub fn log(&self) -> impl DoubleEndedIterator<Item = &RecordedIntent> {
         self.log.iter()
     }
 
@@ -314,13 +314,9 @@ impl PaperVenue {
         let q = self.quotes.entry(key).or_default();
         match data {
             MarketData::Price {
-                last_trade_price_cny_per_mwh,
+                last_trade_price_cny_per_mwh: Some(last),
                 ..
-            } => {
-                if last_trade_price_cny_per_mwh.is_some() {
-                    q.last = *last_trade_price_cny_per_mwh;
-                }
-            }
+            } => q.last = Some(*last),
             MarketData::BookTop {
                 best_bid, best_ask, ..
             } => {
