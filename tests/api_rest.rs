@@ -864,3 +864,80 @@ async fn dashboard_assets_metrics_and_health_are_served() {
     .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The live feed over a real socket: a bad token is refused before the upgrade, a viewer token
+/// by `?token=` or by header gets the initial snapshot (latency) and then what is published,
+/// in order, as `{"type": ...}` JSON.
+#[actix_web::test]
+async fn stream_authenticates_and_delivers_published_events_in_order() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let e = env().await;
+    let (handle, addr) = vpp::api::serve(e.state.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("server starts");
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/stream?token=wrong")).await;
+    assert!(refused.is_err(), "a bad token must not upgrade");
+
+    let mut by_query =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/stream?token={}", e.viewer))
+            .await
+            .expect("viewer token by query")
+            .0;
+    let mut req = format!("ws://{addr}/api/v1/stream")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", e.viewer).parse().unwrap(),
+    );
+    let mut by_header = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("viewer token by header")
+        .0;
+
+    async fn next_json(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Value {
+        loop {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("stream open")
+                .expect("no socket error");
+            if let Message::Text(t) = msg {
+                return serde_json::from_str(t.as_str()).expect("JSON event");
+            }
+        }
+    }
+    for ws in [&mut by_query, &mut by_header] {
+        // The initial snapshot ends with a latency event (no engine: no orders or positions).
+        loop {
+            if next_json(ws).await["type"] == "latency" {
+                break;
+            }
+        }
+    }
+    for i in 0..5 {
+        e.state.publish(vpp::api::StreamEvent::Alert {
+            level: "warning".into(),
+            message: format!("test alert {i}"),
+        });
+    }
+    for ws in [&mut by_query, &mut by_header] {
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let v = next_json(ws).await;
+            if v["type"] == "alert" {
+                got.push(v["message"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        let want: Vec<String> = (0..5).map(|i| format!("test alert {i}")).collect();
+        assert_eq!(got, want);
+    }
+    handle.stop(false).await;
+}
