@@ -145,7 +145,12 @@ fn kill_switch_stop_start_and_manual_orders_through_the_api() {
         .find(|s| s["name"] == "flow")
         .and_then(|s| s["id"].as_u64())
         .expect("flow strategy listed");
-    let prefix = format!("s{flow_id}b");
+    // Strategy order ids are `s<id>b<boot>-<n>` or `s<id>v<version>b<boot>-<n>`.
+    let is_flow_id = |id: &str| {
+        id.strip_prefix(&format!("s{flow_id}"))
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|c| !c.is_ascii_digit())
+    };
 
     // 1. The flow strategy has working orders at the venue.
     let before = wait_for(60, "flow's resting orders", || {
@@ -200,7 +205,7 @@ fn kill_switch_stop_start_and_manual_orders_through_the_api() {
                 e.rule == "kill_switch"
                     && e.client_order_id
                         .as_ref()
-                        .is_some_and(|id| id.as_str().starts_with(&prefix))
+                        .is_some_and(|id| is_flow_id(id.as_str()))
             })
             .then_some(())
     });
