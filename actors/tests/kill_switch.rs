@@ -109,6 +109,10 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(RiskConfig::default()).await
+    }
+
+    async fn start_with(config: RiskConfig) -> Self {
         let clock = Arc::new(ManualClock::new(t0()));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let rt = Runtime::new(Arc::clone(&dyn_clock));
@@ -174,7 +178,7 @@ impl Harness {
         .unwrap()
         .start();
 
-        let mut engine = RiskEngine::new(RiskConfig::default()).unwrap();
+        let mut engine = RiskEngine::new(config).unwrap();
         engine.register_market(market()).unwrap();
         for agg in [1, 2] {
             let cap = Capacity {
@@ -554,4 +558,51 @@ async fn limits_change_at_run_time_through_the_actor_and_every_change_is_audited
     );
     assert_eq!(audit[1].outcome, "ok");
     assert_eq!(audit[1].detail["new"]["max_order_mw"], "0.5");
+}
+
+#[actix::test]
+async fn a_critical_deviation_engages_the_strategys_kill_switch_when_policy_says_so() {
+    let mut config = RiskConfig::default();
+    config.deviation.critical_engages_kill_switch = true;
+    let h = Harness::start_with(config).await;
+    h.intent("s1-a", 1, 1);
+    h.intent("s3-a", 3, 2);
+    h.wait_open(&["s1-a", "s3-a"]).await;
+    let sample = |metered_kwh| vpp_risk::DeliverySample {
+        aggregation_id: AggregationId(1),
+        interval: DeliveryInterval::containing(t0()),
+        awarded_kwh: Decimal::from(1_000),
+        dispatched_kwh: Decimal::from(1_000),
+        metered_kwh: Decimal::from(metered_kwh),
+        strategy_id: Some(StrategyId(1)),
+    };
+    // A warning (10 % off) only alerts; a critical breach (20 % off) stops the strategy.
+    h.risk.try_send(ToRisk::Delivery(sample(900))).unwrap();
+    h.risk.try_send(ToRisk::Delivery(sample(800))).unwrap();
+    h.wait_open(&["s3-a"]).await;
+    h.intent("s1-b", 1, 1);
+    h.wait_refused("s1-b").await;
+    let audit = h.audit(1).await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].actor.as_str(),
+            audit[0].action.as_str(),
+            audit[0].target.as_str()
+        ),
+        ("deviation-monitor", "kill_switch.engage", "strategy/1")
+    );
+    let events = h.risk_events(4).await;
+    let rules: Vec<&str> = events.iter().map(|e| e.rule.as_str()).collect();
+    assert_eq!(
+        rules,
+        [
+            "deviation_warning",
+            "deviation_critical",
+            "kill_switch_engaged",
+            "kill_switch"
+        ]
+    );
+    assert_eq!(events[1].severity, "critical");
+    assert_eq!(events[1].strategy_id, Some(StrategyId(1)));
 }

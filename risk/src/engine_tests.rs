@@ -752,7 +752,9 @@ fn limit_updates_are_audited_and_defaults_flow_to_non_custom_scopes() {
 
 #[test]
 fn critical_deviation_engages_the_strategys_kill_switch_by_policy() {
-    let (mut e, mut oms) = (engine(), Oms::new());
+    let mut cfg = config();
+    cfg.deviation.critical_engages_kill_switch = true;
+    let (mut e, mut oms) = (engine_with(cfg), Oms::new());
     oms.submit(&mut e, &sell("a", dec!(1))).unwrap();
     let mut s = DeliverySample {
         aggregation_id: AGG,
@@ -785,9 +787,8 @@ fn critical_deviation_engages_the_strategys_kill_switch_by_policy() {
     );
     assert_eq!(e.counters().alerts(AlertCode::DeviationCritical), 1);
 
-    let mut cfg = config();
-    cfg.deviation.critical_engages_kill_switch = false;
-    let mut e = engine_with(cfg);
+    // The default policy only alerts.
+    let mut e = engine();
     s.strategy_id = None;
     assert!(e.record_delivery(&s, now()).kill.is_none());
 }

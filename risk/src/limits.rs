@@ -136,7 +136,9 @@ pub struct DeviationPolicy {
     /// award does not turn a few kWh into an infinite fraction.
     pub reference_floor_kwh: Decimal,
     /// A critical breach engages the responsible strategy's kill switch (or the
-    /// aggregation's, when no strategy is named).
+    /// aggregation's, when no strategy is named). Off by default: alerts are journaled and
+    /// counted either way, and a park that cannot follow its award (the demo's simulated one
+    /// misses by 30-80 % within minutes) would otherwise stop trading at the first breach.
     pub critical_engages_kill_switch: bool,
 }
 
@@ -146,7 +148,7 @@ impl Default for DeviationPolicy {
             warning_fraction: Decimal::new(5, 2),
             critical_fraction: Decimal::new(15, 2),
             reference_floor_kwh: Decimal::ONE,
-            critical_engages_kill_switch: true,
+            critical_engages_kill_switch: false,
         }
     }
 }

@@ -33,7 +33,7 @@ use vpp_actors::live::dispatch::{DispatchJournal, DispatchLogic, DispatchWiring}
 use vpp_actors::live::settlement::{SettlementLogic, SettlementWiring, SettlementWriter};
 use vpp_actors::live::messages::{MdConflator, MdSender, ToDispatch, ToOms, ToRisk, ToStrategy};
 use vpp_actors::live::oms::{OmsLogic, OmsWiring, SharedLedger};
-use vpp_actors::live::risk::{RiskLogic, RiskWiring};
+use vpp_actors::live::risk::{DeviationFeed, RiskLogic, RiskWiring};
 use vpp_actors::live::strategy::{StrategyExtras, StrategyLogic, StrategyWiring};
 use vpp_actors::live::{recovery, strategies, StrategyRoutes};
 use vpp_actors::metrics::{names as metric_names, MetricsSnapshot, Stage};
@@ -471,6 +471,9 @@ async fn start_core(
     let (dispatch_journal, _) = DispatchJournal::spawn(store.clone(), 8_192, &rt.metrics);
     let (settlement_writer, _) = SettlementWriter::spawn(store.clone(), 1_024, &rt.metrics);
     let markets: HashMap<_, _> = park.markets.iter().map(|m| (m.id, m.clone())).collect();
+    // OMS and risk address each other (and dispatch feeds risk's deviation monitor): risk's
+    // sender reaches them through a slot.
+    let risk_slot = Arc::new(OnceLock::new());
     for agg in park.aggregations.aggregations() {
         let mut members = Vec::new();
         let mut kinds = std::collections::BTreeMap::new();
@@ -516,6 +519,16 @@ async fn start_core(
             setpoints: sp_tx.clone(),
             journal: dispatch_journal.clone(),
             settlement: Some(settlement.sender()),
+            deviation: Some(DeviationFeed {
+                risk: Arc::clone(&risk_slot),
+                strategy: {
+                    let mut own = park
+                        .strategies
+                        .iter()
+                        .filter(|s| s.aggregation_id == agg.id && s.enabled);
+                    own.next().filter(|_| own.next().is_none()).map(|s| s.id)
+                },
+            }),
         };
         let logic = DispatchLogic::new(fleet, w).map_err(|e| anyhow::anyhow!(e))?;
         let handle = SupervisedActor::new(
@@ -529,8 +542,6 @@ async fn start_core(
         telemetry.push(handle.sender());
     }
 
-    // OMS and risk address each other: risk's sender reaches the OMS through a slot.
-    let risk_slot = Arc::new(OnceLock::new());
     let oms_w = OmsWiring {
         ledger: Arc::clone(&ledger),
         journal,

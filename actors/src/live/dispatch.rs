@@ -177,6 +177,8 @@ pub struct DispatchWiring {
     pub journal: DispatchJournal,
     /// The aggregation's Settlement actor (none: ended intervals are only logged).
     pub settlement: Option<BoundedSender<ToSettlement>>,
+    /// Risk's deviation monitor (none: ended intervals are not graded).
+    pub deviation: Option<super::risk::DeviationFeed>,
 }
 
 /// What is measured of the interval in force.
@@ -415,6 +417,9 @@ impl DispatchLogic {
             };
             tracing::info!(aggregation = %self.w.name, interval = %i,
                 delivered_mw = %delivery.delivered_mw, "interval delivered");
+            if let Some(feed) = &self.w.deviation {
+                feed.send(&delivery);
+            }
             if let Some(s) = &self.w.settlement {
                 if let Err(e) = s.try_send(ToSettlement::Delivered(delivery)) {
                     tracing::error!(aggregation = %self.w.name, interval = %i, error = %e,
@@ -582,6 +587,7 @@ mod tests {
             setpoints: tx,
             journal,
             settlement: None,
+            deviation: None,
         };
         Rig {
             logic: DispatchLogic::new(fleet, w).unwrap(),

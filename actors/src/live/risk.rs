@@ -158,6 +158,43 @@ pub fn event_row(
     }
 }
 
+/// Feeds the deviation monitor from an aggregation's Dispatch actor: each ended interval's
+/// awarded (net sold), dispatched (scheduled) and metered energy becomes a
+/// [`vpp_risk::DeliverySample`] in a `ToRisk::Delivery`. The risk sender is a slot because
+/// dispatch starts before risk.
+#[derive(Clone)]
+pub struct DeviationFeed {
+    pub risk: Arc<std::sync::OnceLock<BoundedSender<ToRisk>>>,
+    /// The strategy a critical breach is charged to (its kill switch, by policy): the
+    /// aggregation's only strategy; `None` (several or none) charges the aggregation.
+    pub strategy: Option<StrategyId>,
+}
+
+impl DeviationFeed {
+    pub fn send(&self, d: &super::settlement::IntervalDelivery) {
+        let kwh = vpp_risk::storage::KWH_PER_MW_INTERVAL;
+        let awarded_mw: rust_decimal::Decimal =
+            d.positions.iter().map(|(_, p)| p.net_sold_mw()).sum();
+        let dispatched_mw: rust_decimal::Decimal = d.resources.iter().map(|r| r.scheduled_mw).sum();
+        let sample = vpp_risk::DeliverySample {
+            aggregation_id: d.aggregation_id,
+            interval: d.interval,
+            awarded_kwh: awarded_mw * kwh,
+            dispatched_kwh: dispatched_mw * kwh,
+            metered_kwh: d.delivered_mw * kwh,
+            strategy_id: self.strategy,
+        };
+        let Some(risk) = self.risk.get() else {
+            tracing::warn!(aggregation = %d.aggregation_id, "risk not wired yet; delivery not graded");
+            return;
+        };
+        if let Err(e) = risk.try_send(ToRisk::Delivery(sample)) {
+            tracing::warn!(aggregation = %d.aggregation_id, interval = %d.interval, error = %e,
+                "deviation monitor missed a delivered interval");
+        }
+    }
+}
+
 /// `global`, `aggregation/3`, `strategy/7`: the audit target of a kill switch.
 fn kill_target(scope: KillScope) -> String {
     match scope {
