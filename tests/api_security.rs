@@ -209,6 +209,14 @@ fn tokens_roles_limits_and_bad_input() {
         denied("anonymous", "POST /api/v1/engine/stop"),
         "{audit:#?}"
     );
+    // A body refused as malformed is audited under the caller's name.
+    assert!(
+        audit.iter().any(|e| e.actor == "trader-1"
+            && e.action == "POST /api/v1/orders"
+            && e.outcome.starts_with("error")
+            && e.outcome.contains("request body")),
+        "{audit:#?}"
+    );
     assert!(audit
         .iter()
         .any(|e| e.actor == "cli" && e.action == "token.revoke"));

@@ -206,8 +206,9 @@ fn serde_field(message: &str) -> Option<String> {
     Some(message[start..start + len].to_owned())
 }
 
-/// Bad JSON bodies: 400 (syntax, types), 413 (too large), 415 (not JSON).
-pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+/// Bad JSON bodies: 400 (syntax, types), 413 (too large), 415 (not JSON). A refused body of
+/// a state-changing call is audited like any refusal.
+pub fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
         JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge {
             limit_bytes: *limit,
@@ -231,7 +232,55 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
         }
         other => ApiError::bad_request("bad_body", format!("request body: {other}")),
     };
+    audit_refused_body(req, &api);
     api.into()
+}
+
+/// Writes the audit row of a state-changing call refused for its body, off the request path
+/// (the JSON error handler is synchronous). The actor is the token's name when the token is
+/// valid, else `anonymous`.
+fn audit_refused_body(req: &HttpRequest, err: &ApiError) {
+    use actix_web::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return;
+    }
+    let Some(state) = req
+        .app_data::<actix_web::web::Data<super::ApiState>>()
+        .map(|d| d.get_ref().clone())
+    else {
+        return;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| crate::token::hash(t.trim()));
+    let action = format!("{} {}", req.method(), req.path());
+    let outcome = err.audit_outcome();
+    actix_web::rt::spawn(async move {
+        let actor = match token {
+            Some(h) => match state.store.find_api_token_by_hash(&h).await {
+                Ok(Some(t)) if t.is_valid_at(chrono::Utc::now()) => t.name,
+                _ => "anonymous".to_owned(),
+            },
+            None => "anonymous".to_owned(),
+        };
+        let caller = super::Caller {
+            token_id: 0,
+            name: actor,
+            role: crate::token::Role::Viewer,
+        };
+        super::audit::audit(
+            &state,
+            &caller,
+            &action,
+            &action,
+            &outcome,
+            serde_json::Value::Null,
+        )
+        .await;
+    });
 }
 
 /// Bad query strings: 400 naming the parameter where serde does.
