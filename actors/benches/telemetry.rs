@@ -6,6 +6,10 @@
 //! - pipeline report (printed): ingest thread → bounded std channel → applier thread, paced at
 //!   a target rate, with `telemetry_to_capacity` (receipt → capacity updated) percentiles from
 //!   the hdrhistogram in `Metrics`. Targets: ≥ 100,000 samples/s, p99 ≤ 5 ms.
+//! - actor pipeline report (printed): the daemon's path, ingest thread → `ActorFanOut` →
+//!   one supervised Aggregation actor per aggregation (`live::aggregation`, publishing capacity
+//!   to risk after each batch), paced at 100k/s; staleness is `telemetry_to_capacity` recorded by
+//!   the actors (receipt → capacity published), the worst aggregation's percentiles.
 //! - optional end-to-end through the broker (env `VPP_BENCH_MQTT=1`, address from
 //!   `VPP_TEST_MQTT_URL`, default 127.0.0.1:1883): samples/s from publish to applied.
 
@@ -257,10 +261,143 @@ criterion_group! {
     targets = bench_ingest_apply
 }
 
+/// The daemon's path: paced ingest → `ActorFanOut` → one Aggregation actor per aggregation.
+fn pipeline_actors(rate_per_s: usize, seconds: usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use vpp_actors::live::aggregation::{AggregationLogic, AggregationWiring};
+    use vpp_actors::live::messages::{TelemetryBatch, ToRisk};
+    use vpp_actors::telemetry::ActorFanOut;
+    use vpp_actors::{BoundedSender, Refused, Runtime, SupervisedActor, SupervisorSpec};
+
+    struct RiskSink;
+    impl actix::Actor for RiskSink {
+        type Context = actix::Context<Self>;
+    }
+    impl actix::Handler<ToRisk> for RiskSink {
+        type Result = Result<(), Refused>;
+        fn handle(&mut self, _: ToRisk, _: &mut actix::Context<Self>) -> Self::Result {
+            Ok(())
+        }
+    }
+
+    let reg = registry("vpp");
+    let now = Utc::now();
+    let rounds = (rate_per_s * seconds).div_ceil(RESOURCES as usize) as i64;
+    let pool = payloads(&reg, rounds, now - chrono::Duration::seconds(rounds + 1));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let rt = Runtime::new(clock.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (senders_tx, senders_rx) = mpsc::channel();
+    let system = {
+        let (rt, clock, stop) = (rt.clone(), clock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                use actix::Actor;
+                let risk = BoundedSender::new(
+                    RiskSink.start().recipient(),
+                    vpp_actors::ActorName::new("risk"),
+                    4_096,
+                    &rt.metrics,
+                );
+                let book = book();
+                let mut senders = Vec::new();
+                for a in 0..AGGREGATIONS {
+                    let state = book.aggregation_state(AggregationId(a)).unwrap().clone();
+                    let feeds = (0..RESOURCES)
+                        .filter(|i| i % AGGREGATIONS == a)
+                        .map(|i| (ResourceId(i), book.feed(ResourceId(i)).unwrap().clone()))
+                        .collect();
+                    let w = AggregationWiring {
+                        clock: clock.clone(),
+                        metrics: rt.metrics.clone(),
+                        risk: risk.clone(),
+                        routes: Arc::default(),
+                        strategies: Vec::new(),
+                    };
+                    let handle = SupervisedActor::new(
+                        SupervisorSpec::new(format!("aggregation/vpp-{a}")).mailbox_capacity(256),
+                        rt.clone(),
+                        AggregationLogic::new(state, feeds, w),
+                        |s: &AggregationLogic| Ok(s.clone()),
+                    )
+                    .unwrap()
+                    .start();
+                    senders.push(handle.sender::<TelemetryBatch>());
+                }
+                senders_tx.send(senders).unwrap();
+                while !stop.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+    };
+    let senders = senders_rx.recv().unwrap();
+    let mut ingestor = Ingestor::new(reg.clone(), clock.clone(), config(), &rt.metrics, "bench");
+    let mut sink = ActorFanOut::new(senders, |batch: &[TelemetrySample]| TelemetryBatch {
+        samples: batch
+            .iter()
+            .map(|s| (s.resource_id, s.telemetry.clone()))
+            .collect(),
+        produced_ns: batch.iter().map(|s| s.received_ns).min().unwrap_or(0),
+    });
+    let per_slice = (rate_per_s / 1000).max(1);
+    let start = Instant::now();
+    let mut refused = 0usize;
+    let mut sent = 0u64;
+    for (slice, chunk) in pool.chunks(per_slice).enumerate() {
+        let due = start + Duration::from_millis(slice as u64);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        let batch: Vec<TelemetrySample> = chunk
+            .iter()
+            .filter_map(|(topic, body)| ingestor.ingest(topic, body).ok())
+            .collect();
+        let n = batch.len() as u64;
+        match sink.deliver(batch) {
+            Ok(()) => sent += n,
+            Err(_) => refused += 1,
+        }
+    }
+    let applied = || -> u64 {
+        rt.metrics
+            .snapshot()
+            .counters
+            .iter()
+            .filter(|c| c.name == vpp_actors::metrics::names::TELEMETRY_SAMPLES_TOTAL)
+            .map(|c| c.value)
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while applied() < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Release);
+    system.join().unwrap();
+    let snap = rt.metrics.snapshot();
+    let worst = (0..AGGREGATIONS)
+        .filter_map(|a| snap.latency(Stage::TelemetryToCapacity, &format!("vpp-{a}")))
+        .max_by(|x, y| x.p99_us.total_cmp(&y.p99_us))
+        .unwrap();
+    println!(
+        "actor pipeline @ {rate_per_s}/s target: {} applied in {elapsed:.2} s = {:.0} samples/s, \
+         {refused} batches refused (some actor full); telemetry_to_capacity (worst aggregation) \
+         p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+        applied(),
+        applied() as f64 / elapsed,
+        worst.p50_us,
+        worst.p99_us,
+        worst.p999_us,
+        worst.max_us
+    );
+}
+
 fn main() {
     benches();
     pipeline(100_000, 2);
     pipeline(200_000, 2);
+    pipeline_actors(100_000, 2);
     pipeline_flat_out();
     if std::env::var_os("VPP_BENCH_MQTT").is_some() {
         e2e::run();
