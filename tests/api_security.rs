@@ -79,7 +79,11 @@ fn tokens_roles_limits_and_bad_input() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r = get(a, "/api/v1/engine", &gone);
+    // Verified tokens are trusted for at most a second: the refusal follows within it.
+    let r = api_common::wait_for(10, "the revoked token refused", || {
+        let r = get(a, "/api/v1/engine", &gone);
+        (r.status != 200).then_some(r)
+    });
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("revoked"), "{}", r.body);
     assert!(list_tokens(&db).contains("revoked"));

@@ -6,6 +6,9 @@
 //!   token is 401; a token over its rate limit is 429.
 //! - Tokens are looked up by their SHA-256 hash; the plaintext is never logged or stored.
 //! - A refused state-changing call (401 here, 403 via [`Caller::authorize`]) is audited.
+//! - A verified token is remembered for [`TOKEN_CACHE_TTL`] (at most [`TOKEN_CACHE_MAX`]
+//!   tokens; unknown tokens are never cached), so revoking a token (`vpp token revoke`, another
+//!   process) takes effect within that time; expiry is checked on every request.
 
 use super::audit::{audit, audit_anonymous};
 use super::error::ApiError;
@@ -15,7 +18,48 @@ use actix_web::dev::Payload;
 use actix_web::http::{header, Method};
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use vpp_persistence::ApiToken;
+
+/// How long a verified token is trusted without asking the store again.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most tokens remembered at once (the map is cleared when full).
+pub const TOKEN_CACHE_MAX: usize = 1_024;
+
+/// Verified tokens by hash, each with the instant it was read from the store.
+#[derive(Debug)]
+pub struct TokenCache {
+    ttl: Duration,
+    max: usize,
+    map: Mutex<HashMap<String, (ApiToken, Instant)>>,
+}
+
+impl TokenCache {
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Self {
+            ttl,
+            max: max.max(1),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &str, now: Instant) -> Option<ApiToken> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(hash)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl)
+            .map(|(t, _)| t.clone())
+    }
+
+    fn put(&self, hash: String, token: ApiToken, now: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= self.max && !map.contains_key(&hash) {
+            map.clear();
+        }
+        map.insert(hash, (token, now));
+    }
+}
 
 /// Who is calling: from a valid bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,11 +135,19 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
 
 async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<Caller, ApiError> {
     let token = bearer(req)?;
-    let row = state
-        .store
-        .find_api_token_by_hash(&token::hash(&token))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
+    let hash = token::hash(&token);
+    let row = match state.tokens.get(&hash, Instant::now()) {
+        Some(row) => row,
+        None => {
+            let row = state
+                .store
+                .find_api_token_by_hash(&hash)
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
+            state.tokens.put(hash, row.clone(), Instant::now());
+            row
+        }
+    };
     let now = chrono::Utc::now();
     if row.revoked_at.is_some() {
         return Err(ApiError::Unauthorized(format!(
@@ -181,6 +233,27 @@ mod tests {
             ..c
         };
         assert!(a.require(Role::Trader).is_ok());
+    }
+
+    #[test]
+    fn the_cache_forgets_after_its_ttl_and_stays_bounded() {
+        let c = TokenCache::new(Duration::from_millis(100), 2);
+        let t0 = Instant::now();
+        let tok = ApiToken {
+            id: 1,
+            name: "a".into(),
+            role: "viewer".into(),
+            token_hash: "h".into(),
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            revoked_at: None,
+        };
+        c.put("h1".into(), tok.clone(), t0);
+        assert!(c.get("h1", t0 + Duration::from_millis(50)).is_some());
+        assert!(c.get("h1", t0 + Duration::from_millis(100)).is_none());
+        c.put("h2".into(), tok.clone(), t0);
+        c.put("h3".into(), tok, t0);
+        assert!(c.map.lock().unwrap().len() <= 2);
     }
 
     #[test]

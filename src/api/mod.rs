@@ -96,6 +96,8 @@ pub struct ApiState {
     /// Live feed; producers `send` (never blocks), the WebSocket subscribes.
     pub stream: broadcast::Sender<StreamEvent>,
     pub limiter: Arc<limits::RateLimiter>,
+    /// Recently verified tokens (short TTL), so a request does not always query the store.
+    pub tokens: Arc<auth::TokenCache>,
 }
 
 impl ApiState {
@@ -114,6 +116,10 @@ impl ApiState {
             park,
             stream,
             limiter: Arc::new(limits::RateLimiter::new(rate)),
+            tokens: Arc::new(auth::TokenCache::new(
+                auth::TOKEN_CACHE_TTL,
+                auth::TOKEN_CACHE_MAX,
+            )),
         }
     }
 
