@@ -114,6 +114,10 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    // VPP_BENCH_SKIP_YEAR=1 leaves the year run out (profiling the replay bench alone).
+    if std::env::var_os("VPP_BENCH_SKIP_YEAR").is_some() {
+        return;
+    }
     let year = BacktestConfig::new(day(2023, 1, 1), day(2023, 12, 31), 1);
     let mut strategies = Vec::new();
     for i in 0..10 {

@@ -1078,3 +1078,30 @@ fn dr_responder_accepts_only_invitations_that_beat_the_opportunity_cost() {
         "{err}"
     );
 }
+
+#[test]
+fn positions_past_the_bound_drop_the_oldest_intervals_to_ninety_percent() {
+    let mut host = battery_host();
+    let first = DeliveryInterval::containing(t(1, 0, 0));
+    let mut interval = first;
+    let mut last = first;
+    for _ in 0..=MAX_POSITIONS {
+        last = interval;
+        let key = PositionKey {
+            aggregation_id: AggregationId(3),
+            market_id: MarketId(1),
+            interval,
+        };
+        host.adopt_position(key, crate::position::Position::default());
+        interval = interval.next();
+    }
+    // 10,001 > 10,000: the 1,001 oldest intervals go, 9,000 stay, the newest among them.
+    let kept: Vec<DeliveryInterval> = host.book().positions().keys().map(|k| k.interval).collect();
+    assert_eq!(kept.len(), MAX_POSITIONS * 9 / 10);
+    let mut oldest_kept = first;
+    for _ in 0..(MAX_POSITIONS + 1 - MAX_POSITIONS * 9 / 10) {
+        oldest_kept = oldest_kept.next();
+    }
+    assert_eq!(kept.first(), Some(&oldest_kept));
+    assert_eq!(kept.last(), Some(&last));
+}
