@@ -8,6 +8,7 @@ use vpp::config::Park;
 use vpp_persistence::Store;
 
 mod backtest;
+mod bench;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -139,6 +140,26 @@ enum Command {
     },
     /// Replay historical prices through the strategy, risk and OMS code (deterministic).
     Backtest(backtest::BacktestArgs),
+    /// Tick-to-order harness: drive the in-process venue at 1k, 10k and 50k market-data
+    /// msgs/s through the real trading path and report latency percentiles, throughput,
+    /// conflation, queue depths and RSS; then probe for the highest sustained rate.
+    Bench {
+        /// A short run (two low rates, no probing), for smoke tests.
+        #[arg(long)]
+        quick: bool,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Real seconds driven per rate (default 5, or 1.5 with --quick).
+        #[arg(long)]
+        secs: Option<f64>,
+        /// Rates to run instead of the defaults, e.g. --rates 1000,10000.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<u32>,
+        /// The park whose strategies and markets to run (default: the demo park).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Apply the database migrations and exit.
     Migrate {
         #[arg(long)]
@@ -199,6 +220,41 @@ fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Backtest(args) => backtest::run(args),
+        Command::Bench {
+            quick,
+            json,
+            secs,
+            rates,
+            config,
+        } => {
+            let park = load_park(config.as_deref())?;
+            let mut opts = if quick {
+                bench::BenchOptions::quick()
+            } else {
+                bench::BenchOptions::full()
+            };
+            if let Some(secs) = secs {
+                anyhow::ensure!(
+                    secs > 0.0 && secs <= 600.0,
+                    "--secs {secs} must be in (0, 600]"
+                );
+                opts.secs_per_rate = secs;
+            }
+            if !rates.is_empty() {
+                anyhow::ensure!(
+                    rates.iter().all(|r| (1..=1_000_000).contains(r)),
+                    "--rates must each be in 1..=1000000 msgs/s"
+                );
+                opts.rates = rates;
+            }
+            let report = bench::run(&park, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::render(&report));
+            }
+            Ok(())
+        }
         Command::Migrate {
             config,
             database_url,
