@@ -5,6 +5,7 @@
 //!   and its new intents are refused (risk events name the kill switch); release resumes it;
 //! - an admin stops the engine (every open order cancelled) and starts it again;
 //! - a trader's manual order reaches the venue and a cancel through the API cancels it there;
+//! - an admin disconnects the venue session and connects it again (live once more);
 //! - every one of these is in the audit log with who did it.
 //!
 //! Waits are bounded and only wait for progress; nothing asserts on timing.
@@ -300,6 +301,39 @@ fn kill_switch_stop_start_and_manual_orders_through_the_api() {
     );
     assert_eq!(r.status, 404, "{}", r.body);
 
+    // 6. An admin disconnects the venue session and connects it again.
+    let conn = |action: &str| {
+        call(
+            a,
+            "POST",
+            &format!("/api/v1/markets/connections/venue/{action}"),
+            Some(&admin),
+            None,
+        )
+    };
+    let state = || get(a, "/api/v1/markets/connections", &trader).json()[0]["state"].clone();
+    let r = conn("disconnect");
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(30, "the session disconnected", || {
+        (state() == "disconnected").then_some(())
+    });
+    let r = conn("connect");
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(30, "the session live again", || {
+        (state() == "live").then_some(())
+    });
+    let r = conn("teleport");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"]["field"], "action");
+    let r = call(
+        a,
+        "POST",
+        "/api/v1/markets/connections/venue/disconnect",
+        Some(&trader),
+        None,
+    );
+    assert_eq!(r.status, 403, "only an admin disconnects: {}", r.body);
+
     drop(d);
     let audit = audit_rows(&db);
     let ok = |actor: &str, action: &str| {
@@ -312,6 +346,8 @@ fn kill_switch_stop_start_and_manual_orders_through_the_api() {
     assert!(ok("admin-1", "engine.stop"), "{audit:#?}");
     assert!(ok("admin-1", "engine.start"), "{audit:#?}");
     assert!(ok("trader-1", "order.new"), "{audit:#?}");
+    assert!(ok("admin-1", "market.disconnect"), "{audit:#?}");
+    assert!(ok("admin-1", "market.connect"), "{audit:#?}");
     assert!(audit.iter().any(|e| e.actor == "trader-1"
         && e.action == "order.new"
         && e.outcome.starts_with("error")));

@@ -630,26 +630,29 @@ impl EngineHandle {
         self.adapter.venue()
     }
 
-    /// The session reconnects by itself after a loss; `connect` only confirms it is (or is
-    /// becoming) connected. A stopped session cannot be restarted in place.
+    /// Ends an operator disconnect: the session reconnects at once and reconciles (missed
+    /// reports, held orders) as after any reconnect. A no-op on a connected session; a session
+    /// that stopped for good cannot be restarted in place.
     pub async fn connect(&self) -> Result<(), ControlError> {
-        match self.adapter.state() {
-            ConnectionState::Stopped { reason } => Err(ControlError::Conflict(format!(
+        if let ConnectionState::Stopped { reason } = self.adapter.state() {
+            return Err(ControlError::Conflict(format!(
                 "the venue session stopped ({reason}); restart the daemon to reconnect"
-            ))),
-            _ => Ok(()),
+            )));
         }
+        self.adapter
+            .resume()
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("venue adapter: {e}")))
     }
 
-    /// Dropping the venue session while the daemon runs would strand open orders; the
-    /// supported way to go quiet is `POST /engine/stop` (cancels everything, keeps the session
-    /// for the cancel reports).
+    /// Operator disconnect: closes the venue session and keeps it closed until `connect`.
+    /// Orders meanwhile are held by the adapter (bounded) and sent after the reconnect's
+    /// reconciliation; to stop trading as well, `POST /engine/stop` first.
     pub async fn disconnect(&self) -> Result<(), ControlError> {
-        Err(ControlError::Conflict(
-            "disconnecting a live session is not supported; use POST /api/v1/engine/stop to \
-             stop trading (cancels open orders), or stop the daemon"
-                .into(),
-        ))
+        self.adapter
+            .pause()
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("venue adapter: {e}")))
     }
 
     pub async fn subscribe(

@@ -320,6 +320,9 @@ pub(crate) enum Command {
         oneshot::Sender<Result<SendOutcome, AdapterError>>,
     ),
     Restore(Vec<Order>, u64, oneshot::Sender<Result<(), AdapterError>>),
+    /// Operator disconnect (`true`: close the session and stay disconnected, holding orders)
+    /// or connect (`false`: reconnect now, then reconcile as after any reconnect).
+    Pause(bool, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -405,6 +408,17 @@ impl WsAdapter {
             },
             mpsc::error::TrySendError::Closed(_) => AdapterError::Stopped,
         })
+    }
+
+    /// Operator disconnect: closes the session and stays `Disconnected` until [`Self::resume`];
+    /// orders meanwhile are held (bounded) and go out after the reconnect's reconciliation.
+    pub async fn pause(&self) -> Result<(), AdapterError> {
+        self.call(|tx| Command::Pause(true, tx)).await
+    }
+
+    /// Operator connect: ends a [`Self::pause`] and reconnects at once (no backoff).
+    pub async fn resume(&self) -> Result<(), AdapterError> {
+        self.call(|tx| Command::Pause(false, tx)).await
     }
 
     /// A receiver of the connection state (to wait for `Live`).

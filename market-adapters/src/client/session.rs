@@ -95,6 +95,9 @@ impl Held {
     }
 }
 
+/// The state reason while the operator keeps the session disconnected.
+const PAUSED: &str = "disconnected by the operator";
+
 enum End {
     Shutdown(Option<oneshot::Sender<()>>),
     Lost(String),
@@ -142,6 +145,8 @@ pub(crate) struct Task {
     gap_query: bool,
     rate: Option<SlidingWindow>,
     sessions: u64,
+    /// Disconnected by the operator ([`Command::Pause`]): no reconnect until resumed.
+    paused: bool,
     log: LogLimiter,
     written: Arc<OnceLock<OrderWrittenHook>>,
 }
@@ -184,6 +189,7 @@ impl Task {
                 .rate_limit
                 .map(|r| SlidingWindow::new(r.max_orders, secs(r.window_ms))),
             sessions: 0,
+            paused: false,
             log: LogLimiter::new(Duration::from_secs(5)),
             written,
             cfg,
@@ -204,6 +210,21 @@ impl Task {
         let mut backoff = Backoff::new(self.cfg.backoff.clone(), self.cfg.seed);
         let mut attempt: u32 = 0;
         loop {
+            if self.paused {
+                self.set_state(ConnectionState::Disconnected {
+                    reason: PAUSED.into(),
+                })
+                .await;
+                if let Some(done) = self.paused_idle(&mut cmds).await {
+                    self.set_state(ConnectionState::Stopped {
+                        reason: "shutdown".into(),
+                    })
+                    .await;
+                    let _ = done.send(());
+                    return;
+                }
+                attempt = 0;
+            }
             self.set_state(ConnectionState::Connecting { attempt })
                 .await;
             let reason = match self.connect().await {
@@ -222,6 +243,10 @@ impl Task {
                 },
                 Err(reason) => reason,
             };
+            if self.paused {
+                // Operator disconnect: no backoff, no reconnect until resumed.
+                continue;
+            }
             if self.state.borrow().clone() == ConnectionState::Live {
                 attempt = 0;
             }
@@ -249,6 +274,22 @@ impl Task {
                 return;
             }
         }
+    }
+
+    /// Stays disconnected, taking commands (orders are held), until resumed. `Some` on
+    /// shutdown.
+    async fn paused_idle(
+        &mut self,
+        cmds: &mut mpsc::Receiver<Command>,
+    ) -> Option<oneshot::Sender<()>> {
+        while self.paused {
+            match cmds.recv().await {
+                None => return None,
+                Some(Command::Shutdown(done)) => return Some(done),
+                Some(cmd) => self.command(cmd, None, Phase::LoggingIn).await,
+            }
+        }
+        None
     }
 
     /// Waits out a backoff while still taking commands. `Some` on shutdown.
@@ -329,7 +370,15 @@ impl Task {
                         let _ = ws.close(None).await;
                         Err(End::Shutdown(Some(done)))
                     }
-                    Some(cmd) => { self.command(cmd, Some(&mut ws), phase).await; Ok(()) }
+                    Some(cmd) => {
+                        self.command(cmd, Some(&mut ws), phase).await;
+                        if self.paused {
+                            let _ = ws.close(None).await;
+                            Err(End::Lost(PAUSED.into()))
+                        } else {
+                            Ok(())
+                        }
+                    }
                 },
                 _ = hb.tick() => {
                     if last_rx.elapsed() >= timeout {
@@ -492,6 +541,13 @@ impl Task {
                 }
                 self.next_seq = Some(last_seq + 1);
                 let _ = reply.send(Ok(()));
+            }
+            Command::Pause(on, done) => {
+                if on != self.paused {
+                    tracing::warn!(venue = %self.cfg.venue, paused = on, "venue session paused/resumed by the operator");
+                }
+                self.paused = on;
+                let _ = done.send(());
             }
             Command::Shutdown(done) => {
                 let _ = done.send(());
