@@ -59,7 +59,10 @@ fn config(dir: &Path, sell_above: u32) -> String {
         ),
         1,
     );
-    assert!(daemon.contains("record_session_dir"), "demo [daemon] changed");
+    assert!(
+        daemon.contains("record_session_dir"),
+        "demo [daemon] changed"
+    );
     let strategies = STRATEGIES.replacen(
         "sell_above_cny_per_mwh = 300\n",
         &format!("sell_above_cny_per_mwh = {sell_above}\n"),
@@ -213,7 +216,10 @@ fn live_shadow_and_backtest_emit_the_same_intents() {
     // The shadow sent nothing; every live order carries strategy 1, version 1.
     let ids = order_ids(dir.path());
     assert!(!ids.is_empty(), "the live strategy placed no order");
-    assert!(ids.iter().all(|id| !id.starts_with("s2")), "shadow orders reached the venue: {ids:?}");
+    assert!(
+        ids.iter().all(|id| !id.starts_with("s2")),
+        "shadow orders reached the venue: {ids:?}"
+    );
     assert!(ids.iter().all(|id| id.starts_with("s1v1b")), "{ids:?}");
 
     // Its paper P&L, as the daemon wrote it at shutdown, is the replay's.
@@ -232,7 +238,9 @@ fn live_shadow_and_backtest_emit_the_same_intents() {
     run_daemon(dir.path(), &config(dir.path(), 301), 8);
     assert_eq!(versions(dir.path()), vec![(1, 1), (1, 2), (2, 1)]);
     assert!(
-        order_ids(dir.path()).iter().any(|id| id.starts_with("s1v2b")),
+        order_ids(dir.path())
+            .iter()
+            .any(|id| id.starts_with("s1v2b")),
         "no order of version 2"
     );
 }
