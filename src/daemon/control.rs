@@ -877,6 +877,19 @@ mod tests {
     }
 
     #[test]
+    fn run_options_never_print_the_api_key() {
+        let opts = crate::daemon::RunOptions {
+            api_key: "very-secret-key".into(),
+            venue_url: Some("wss://user:pw@venue.example/ws".into()),
+            ..Default::default()
+        };
+        let shown = format!("{opts:?}");
+        assert!(!shown.contains("very-secret-key"), "{shown}");
+        assert!(!shown.contains("pw@"), "{shown}");
+        assert!(shown.contains("venue.example"), "{shown}");
+    }
+
+    #[test]
     fn keys_and_channels_parse() {
         assert_eq!(parse_key("12"), IdOrName::Id(12));
         assert_eq!(parse_key("vpp-north"), IdOrName::Name("vpp-north".into()));

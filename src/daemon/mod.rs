@@ -51,8 +51,8 @@ use vpp_market_adapters::protocol::Channel;
 use vpp_persistence::{AuditEntry, JournalConfig, Store};
 use vpp_risk::{RiskConfig, RiskEngine};
 
-/// How `vpp run` runs.
-#[derive(Debug, Clone)]
+/// How `vpp run` runs. Its `Debug` never shows the venue API key.
+#[derive(Clone)]
 pub struct RunOptions {
     /// Simulated seconds per real second.
     pub speed: u32,
@@ -73,6 +73,21 @@ pub struct RunOptions {
     pub api_listen: String,
     /// Per-token rate limit of the operator API.
     pub api_rate: crate::api::limits::RateLimit,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("speed", &self.speed)
+            .field("clock_anchor", &self.clock_anchor)
+            .field("run_for", &self.run_for)
+            .field("venue_url", &self.venue_url.as_deref().map(control::redact_url))
+            .field("api_key", &"<redacted>")
+            .field("cancel_on_shutdown", &self.cancel_on_shutdown)
+            .field("data_dir", &self.data_dir)
+            .field("api_listen", &self.api_listen)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RunOptions {
