@@ -81,7 +81,10 @@ impl std::fmt::Debug for RunOptions {
             .field("speed", &self.speed)
             .field("clock_anchor", &self.clock_anchor)
             .field("run_for", &self.run_for)
-            .field("venue_url", &self.venue_url.as_deref().map(control::redact_url))
+            .field(
+                "venue_url",
+                &self.venue_url.as_deref().map(control::redact_url),
+            )
             .field("api_key", &"<redacted>")
             .field("cancel_on_shutdown", &self.cancel_on_shutdown)
             .field("data_dir", &self.data_dir)
