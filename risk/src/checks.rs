@@ -47,7 +47,7 @@ pub fn kill_switch(
 }
 
 pub fn quantity(quantity_mw: Decimal, market: Scope) -> Check {
-    if quantity_mw > Decimal::ZERO {
+    if !quantity_mw.is_sign_negative() && !quantity_mw.is_zero() {
         return Ok(());
     }
     reject(
@@ -224,8 +224,7 @@ pub fn capacity_headroom(
             "no capacity has been reported for this aggregation: headroom is 0".to_owned(),
         );
     };
-    let (up_used, down_used) = (flex.up_used_mw(), flex.down_used_mw());
-    let (up, down) = flex.used_after(product, side, quantity_mw);
+    let ((up_used, down_used), (up, down)) = flex.used_before_after(product, side, quantity_mw);
     // Only a direction this intent grows can be breached by it.
     if up > up_used && up > cap.up_flex_mw {
         return reject(

@@ -70,9 +70,15 @@ pub struct StorageSchedule {
     suffix_high_kwh: Vec<Decimal>,
 }
 
+/// `d > 0` by sign bit and zero test (a full `Decimal` comparison costs far more).
+#[inline]
+fn positive(d: Decimal) -> bool {
+    !d.is_sign_negative() && !d.is_zero()
+}
+
 fn delta_kwh(net_sold_mw: Decimal, efficiency: Decimal) -> Decimal {
     let kwh = net_sold_mw * KWH_PER_MW_INTERVAL;
-    if net_sold_mw > Decimal::ZERO {
+    if positive(net_sold_mw) {
         -kwh
     } else {
         -kwh * efficiency
@@ -186,7 +192,7 @@ impl StorageSchedule {
             });
         };
         let eff = self.budget.round_trip_efficiency;
-        if sell_mw > Decimal::ZERO {
+        if positive(sell_mw) {
             // Within the slot: its own open buys do not count.
             let point = self.net_point_mw[slot];
             let mut lowest_kwh = self.start_kwh[slot] + delta_kwh(point + sell_mw, eff);
@@ -200,7 +206,7 @@ impl StorageSchedule {
                 return Err(StorageBreach::BelowMin { lowest_kwh });
             }
         }
-        if buy_mw > Decimal::ZERO {
+        if positive(buy_mw) {
             // Within the slot: its own open sells do not count.
             let point = self.net_high_mw[slot];
             let mut highest_kwh = self.start_kwh[slot] + delta_kwh(point - buy_mw, eff);
