@@ -13,6 +13,7 @@
 //! Shutdown (SIGINT, SIGTERM or `--for` elapsed): open orders are cancelled or kept per
 //! `--keep-orders`, the journal is flushed, the process exits 0.
 
+pub mod catalog;
 pub mod control;
 pub mod park;
 pub mod session;
@@ -199,6 +200,10 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
             .await
             .context("cannot store the markets")?;
     }
+    let catalog = catalog::sync(&store, &park)
+        .await
+        .context("cannot store the park's catalog")?;
+    tracing::info!(?catalog, "catalog stored");
     let versions = record_strategy_versions(&store, &park).await?;
 
     // 1. Journal replay.
