@@ -177,7 +177,7 @@ impl Connector {
     }
 
     fn send_failed(&mut self, client_order_id: ClientOrderId, reason: String) {
-        self.to_oms(ToOms::SendFailed {
+        self.send_to_oms(ToOms::SendFailed {
             client_order_id,
             reason,
         });
@@ -185,7 +185,7 @@ impl Connector {
 
     /// Hands a message to the OMS behind anything already waiting; a full mailbox keeps it
     /// in the outbox (retried by the run loop), a closed one is logged.
-    fn to_oms(&mut self, msg: ToOms) {
+    fn send_to_oms(&mut self, msg: ToOms) {
         self.outbox.push_back(msg);
         self.outbox_depth.set_max(self.outbox.len() as i64);
         self.drain_outbox();
@@ -219,7 +219,7 @@ impl Connector {
                 }
                 // In order through the outbox: a busy OMS slows the connector down (no event is
                 // read while the outbox waits), it never loses a report.
-                self.to_oms(ToOms::Report(report));
+                self.send_to_oms(ToOms::Report(report));
             }
             AdapterEvent::OrderRefused {
                 client_order_id,
