@@ -13,7 +13,8 @@
 //! Invariants:
 //! - Every run is a fresh system (venue, store, actors): histograms and counters are per rate.
 //! - A rate counts as sustained only if the venue dropped no update for a slow client, the
-//!   daemon took in (decoded or conflated) what the venue published, the driver kept its pace,
+//!   daemon took in (decoded or conflated) what the venue published (to 0.1 %: frames in
+//!   flight when the drain window closes), the driver kept its pace,
 //!   and no queue reached its bound. Conflation is not loss: it is the designed back-pressure.
 //! - Waits are bounded; a run that never goes live is an error naming the venue URL.
 
@@ -783,10 +784,12 @@ async fn run_system(
             "the venue dropped {venue_dropped} updates: the client did not read fast enough"
         ));
     }
-    if decoded_n + conflated_adapter < published {
+    // The last frames may still be in flight when the drain window closes: up to 0.1 % is
+    // a measurement edge, not loss (a real backlog grows far past it and trips the check).
+    let taken_in = decoded_n + conflated_adapter;
+    if taken_in.saturating_mul(1_000) < published.saturating_mul(999) {
         limits.push(format!(
-            "the daemon took in {} of {published} updates within the drain time",
-            decoded_n + conflated_adapter
+            "the daemon took in {taken_in} of {published} updates within the drain time"
         ));
     }
     for (q, d) in &queue_depth_max {

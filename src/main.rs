@@ -354,7 +354,13 @@ async fn token_command(store: &Store, action: TokenAction) -> anyhow::Result<()>
         } => {
             let role: token::Role = role.parse().map_err(anyhow::Error::msg)?;
             let (row, plaintext) = token::create(store, &name, role, expires_in_days).await?;
-            audit_cli(store, "token.create", row.id, serde_json::json!({ "name": name, "role": role })).await;
+            audit_cli(
+                store,
+                "token.create",
+                row.id,
+                serde_json::json!({ "name": name, "role": role }),
+            )
+            .await;
             eprintln!(
                 "token {} ({}, {}) created; it is shown once, store it now:",
                 row.id, row.name, row.role

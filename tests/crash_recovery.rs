@@ -66,6 +66,7 @@ fn spawn_daemon(cfg: &std::path::Path, url: &str, anchor: i64, extra: &[&str]) -
         .arg(cfg)
         .args(["--venue-url", url, "--speed", &SPEED.to_string()])
         .args(["--clock-anchor", &anchor.to_string(), "--status-every", "1"])
+        .args(["--api-listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

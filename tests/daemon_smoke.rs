@@ -13,7 +13,14 @@ fn demo_boots_logs_json_writes_latency_and_stops_on_sigterm() {
     let db = format!("sqlite://{}", dir.path().join("vpp.db").display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_vpp"))
         .args(["--log-format", "json", "run", "--database-url", &db])
-        .args(["--speed", "300", "--status-every", "1"])
+        .args([
+            "--speed",
+            "300",
+            "--status-every",
+            "1",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

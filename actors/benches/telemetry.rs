@@ -315,7 +315,9 @@ fn pipeline_actors(rate_per_s: usize, seconds: usize) {
                         strategies: Vec::new(),
                     };
                     let handle = SupervisedActor::new(
-                        SupervisorSpec::new(format!("aggregation/vpp-{a}")).mailbox_capacity(256),
+                        SupervisorSpec::new(format!("aggregation/vpp-{a}"))
+                            .mailbox_capacity(256)
+                            .snapshot_every(32),
                         rt.clone(),
                         AggregationLogic::new(state, feeds, w),
                         |s: &AggregationLogic| Ok(s.clone()),

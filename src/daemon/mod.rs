@@ -31,10 +31,10 @@ use vpp_actors::live::aggregation::{AggregationLogic, AggregationWiring};
 use vpp_actors::live::clock::ScaledClock;
 use vpp_actors::live::connector::{run_connector, ConnectorWiring};
 use vpp_actors::live::dispatch::{DispatchJournal, DispatchLogic, DispatchWiring};
-use vpp_actors::live::settlement::{SettlementLogic, SettlementWiring, SettlementWriter};
 use vpp_actors::live::messages::{MdConflator, MdSender, ToDispatch, ToOms, ToRisk, ToStrategy};
 use vpp_actors::live::oms::{OmsLogic, OmsWiring, SharedLedger};
 use vpp_actors::live::risk::{DeviationFeed, RiskLogic, RiskWiring};
+use vpp_actors::live::settlement::{SettlementLogic, SettlementWiring, SettlementWriter};
 use vpp_actors::live::strategy::{StrategyExtras, StrategyLogic, StrategyWiring};
 use vpp_actors::live::{recovery, strategies, StrategyRoutes};
 use vpp_actors::metrics::{names as metric_names, MetricsSnapshot, Stage};
@@ -462,7 +462,7 @@ fn risk_engine(park: &Park) -> anyhow::Result<RiskEngine> {
 fn core_spec(policy: &vpp_actors::RestartPolicy, name: &str, capacity: usize) -> SupervisorSpec {
     let actor = name.to_owned();
     SupervisorSpec::new(name)
-        .policy(policy.clone())
+        .policy(*policy)
         .mailbox_capacity(capacity)
         .on_escalation(move |e| {
             tracing::error!(actor = %actor, cause = %e.cause, "core actor halted: daemon degraded");
@@ -525,7 +525,11 @@ async fn start_core(
             writer: settlement_writer.clone(),
         };
         let settlement = SupervisedActor::new(
-            core_spec(&park.supervision, &format!("settlement/{}", agg.name), 1_024),
+            core_spec(
+                &park.supervision,
+                &format!("settlement/{}", agg.name),
+                1_024,
+            ),
             rt.clone(),
             SettlementLogic::new(sw),
             |s: &SettlementLogic| Ok(s.clone()),
@@ -632,7 +636,11 @@ async fn start_core(
                 .collect(),
         };
         let handle = SupervisedActor::new(
-            core_spec(&park.supervision, &format!("aggregation/{}", agg.name), 256),
+            // A snapshot clones every member's feed; taking one per 32 batches keeps that off
+            // the per-sample path. A rebuilt state is still self-consistent (contributions and
+            // totals move together) and the next sample of each resource brings it current.
+            core_spec(&park.supervision, &format!("aggregation/{}", agg.name), 256)
+                .snapshot_every(32),
             rt.clone(),
             AggregationLogic::new(state, feeds, w),
             |s: &AggregationLogic| Ok(s.clone()),
@@ -915,7 +923,7 @@ fn start_strategies(
         // Snapshots serialise the strategy's state: every 64 messages keeps that off the
         // per-message path; a rebuild takes orders and positions from the ledger anyway.
         let supervisor = SupervisorSpec::new(name.as_str())
-            .policy(park.supervision.clone())
+            .policy(park.supervision)
             .mailbox_capacity(1_024)
             .snapshot_every(64)
             .on_escalation(move |e| {
