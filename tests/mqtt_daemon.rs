@@ -9,7 +9,8 @@
 //!    `vpp_aggregation_up_flex_kw` gauge in its metrics snapshot) move to 4 × (250 − 100) =
 //!    600 kW, then to 4 × (250 − 200) = 200 kW;
 //! 2. sees the dispatch setpoints of the traded intervals arrive on
-//!    `vpp/<site>/<resource>/setpoint`, below the metered 200 kW (buying means curtailing PV);
+//!    `vpp/<site>/<resource>/setpoint`, each within the unit's range, and among them one below
+//!    the metered 200 kW (the strategy buys: PV is curtailed);
 //! 3. sees the traded interval settled (`vpp_settlement_records_total{result="written"}`);
 //! 4. after SIGTERM (exit 0), finds the instructions journaled with cause `award` and the draft
 //!    settlement records in the store, each record's lines adding up to its total.
@@ -188,9 +189,12 @@ fn mqtt_telemetry_moves_capacity_and_setpoints_arrive_on_the_broker() {
 
     // 2. Setpoints of the traded intervals arrive on the broker (telemetry keeps flowing so
     // the PV units stay available to dispatch).
+    // The demo's own strategies may hold other awards for vpp-south at this time of day (a
+    // day-ahead sell keeps PV at or above its metered power), so wait for the curtailment of
+    // the test's buying rather than judging the first setpoint.
     let mut setpoints: BTreeMap<String, f64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while setpoints.is_empty() {
+    while !setpoints.values().any(|kw| *kw < 200.0) {
         publish(200);
         while let Ok((topic, v)) = sp_rx.try_recv() {
             let kw = v["setpoint_kw"].as_f64().expect("setpoint_kw is a number");
@@ -200,7 +204,7 @@ fn mqtt_telemetry_moves_capacity_and_setpoints_arrive_on_the_broker() {
         check_alive("setpoints");
         assert!(
             Instant::now() < deadline,
-            "no setpoint arrived on vpp/{run_id}/+/setpoint"
+            "no curtailing setpoint (< 200 kW) arrived on vpp/{run_id}/+/setpoint: {setpoints:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -210,8 +214,8 @@ fn mqtt_telemetry_moves_capacity_and_setpoints_arrive_on_the_broker() {
             .and_then(|t| t.strip_suffix("/setpoint"))
             .unwrap();
         assert!(resource.starts_with("pv-south-0"), "{topic}");
-        // Buying energy asks the aggregation to deliver less: PV is curtailed below 200 kW.
-        assert!((0.0..200.0).contains(kw), "{topic}: {kw} kW");
+        // Every setpoint stays within the unit's physical range (0..=250 kW).
+        assert!((0.0..=250.0).contains(kw), "{topic}: {kw} kW");
     }
 
     // 3. The traded interval ends: it is settled and its draft record written.

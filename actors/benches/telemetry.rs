@@ -341,7 +341,17 @@ fn pipeline_actors(rate_per_s: usize, seconds: usize) {
             .map(|s| (s.resource_id, s.telemetry.clone()))
             .collect(),
         produced_ns: batch.iter().map(|s| s.received_ns).min().unwrap_or(0),
-    });
+    })
+    .routed(
+        (0..AGGREGATIONS)
+            .map(|a| {
+                (0..RESOURCES)
+                    .filter(|i| i % AGGREGATIONS == a)
+                    .map(ResourceId)
+                    .collect()
+            })
+            .collect(),
+    );
     let per_slice = (rate_per_s / 1000).max(1);
     let start = Instant::now();
     let mut refused = 0usize;

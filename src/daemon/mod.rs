@@ -332,6 +332,7 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
                     Arc::clone(&clock),
                     &rt.metrics,
                     live.telemetry.clone(),
+                    live.telemetry_members.clone(),
                     rx,
                 )?);
             }
@@ -393,6 +394,8 @@ struct Live {
     setpoints: mpsc::Sender<vpp_actors::live::dispatch::Setpoint>,
     setpoints_rx: Option<mpsc::Receiver<vpp_actors::live::dispatch::Setpoint>>,
     telemetry: Vec<BoundedSender<vpp_actors::live::messages::TelemetryBatch>>,
+    /// The resources of each `telemetry` target, in the same order (routes MQTT batches).
+    telemetry_members: Vec<std::collections::HashSet<vpp_engine::ids::ResourceId>>,
     risk_engine: vpp_actors::live::risk::SharedRisk,
     risk_control: actix::Recipient<vpp_actors::live::messages::RiskControl>,
 }
@@ -491,6 +494,7 @@ async fn start_core(
     // to the store through bounded channels and writer tasks (never awaited by the actors).
     let mut dispatch = Vec::new();
     let mut telemetry = Vec::new();
+    let mut telemetry_members = Vec::new();
     let (dispatch_journal, _) = DispatchJournal::spawn(store.clone(), 8_192, &rt.metrics);
     let (settlement_writer, _) = SettlementWriter::spawn(store.clone(), 1_024, &rt.metrics);
     let markets: HashMap<_, _> = park.markets.iter().map(|m| (m.id, m.clone())).collect();
@@ -567,6 +571,7 @@ async fn start_core(
         .start();
         dispatch.push(handle.sender());
         telemetry.push(handle.sender());
+        telemetry_members.push(agg.members.iter().map(|m| m.resource_id).collect());
     }
 
     let oms_w = OmsWiring {
@@ -647,6 +652,7 @@ async fn start_core(
         )?
         .start();
         telemetry.push(handle.sender());
+        telemetry_members.push(agg.members.iter().map(|m| m.resource_id).collect());
     }
 
     // The venue session and its connector.
@@ -718,6 +724,7 @@ async fn start_core(
         setpoints: sp_tx,
         setpoints_rx: Some(sp_rx),
         telemetry,
+        telemetry_members,
     })
 }
 

@@ -12,6 +12,7 @@
 
 use crate::config::{Park, TelemetrySettings};
 use anyhow::Context;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -25,6 +26,7 @@ use vpp_actors::telemetry::{
 };
 use vpp_actors::BoundedSender;
 use vpp_engine::clock::Clock;
+use vpp_engine::ids::ResourceId;
 use vpp_engine::park_sim::{ParkSim, SimResource, MAX_STEP_S};
 
 pub fn build(park: &Park, seed: u64) -> anyhow::Result<ParkSim> {
@@ -102,6 +104,7 @@ pub fn registry(park: &Park, settings: &TelemetrySettings) -> anyhow::Result<Res
 
 /// Starts MQTT ingestion into the actors behind `out` and the setpoint publisher fed by
 /// `setpoints`. The returned client is shut down by the caller.
+#[allow(clippy::too_many_arguments)]
 pub fn start_mqtt(
     park: &Park,
     settings: &TelemetrySettings,
@@ -109,6 +112,7 @@ pub fn start_mqtt(
     clock: Arc<dyn Clock>,
     metrics: &Metrics,
     out: Vec<BoundedSender<TelemetryBatch>>,
+    out_members: Vec<HashSet<ResourceId>>,
     mut setpoints: mpsc::Receiver<Setpoint>,
 ) -> anyhow::Result<MqttTelemetry> {
     let registry = Arc::new(registry(park, settings)?);
@@ -123,7 +127,8 @@ pub fn start_mqtt(
             .map(|s| (s.resource_id, s.telemetry.clone()))
             .collect(),
         produced_ns: batch.iter().map(|s| s.received_ns).min().unwrap_or(0),
-    });
+    })
+    .routed(out_members);
     let mqtt = MqttTelemetry::spawn(
         MqttConfig::new(host, port, &settings.client_id),
         ingestor,

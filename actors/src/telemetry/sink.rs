@@ -2,7 +2,8 @@
 //!
 //! Implementations here: a bounded tokio channel, a bounded std channel (bench threads), and
 //! [`ActorFanOut`], which turns each batch into an actor message (e.g. the daemon's
-//! `TelemetryBatch`) and `try_send`s it to every target through [`BoundedSender`].
+//! `TelemetryBatch`) and `try_send`s it to every target through [`BoundedSender`]; routed
+//! (one member set per target), each target gets only the samples of its own resources.
 //!
 //! Invariants: `deliver` never blocks and never waits on the receiver; a refusal comes back
 //! as [`SinkRefused`] (the ingest counts it as `sink_full`); telemetry is state, so a refused
@@ -11,9 +12,11 @@
 use super::TelemetrySample;
 use crate::mailbox::BoundedSender;
 use actix::Message;
+use std::collections::HashSet;
 use std::sync::mpsc as std_mpsc;
 use thiserror::Error;
 use tokio::sync::mpsc as tokio_mpsc;
+use vpp_engine::ids::ResourceId;
 
 /// A batch (or part of it, for a fan-out) was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -73,6 +76,10 @@ where
 {
     targets: Vec<BoundedSender<M>>,
     make: MakeMessage<M>,
+    /// With [`ActorFanOut::routed`]: the resources of each target, in the targets' order.
+    members: Option<Vec<HashSet<ResourceId>>>,
+    /// Reused for each target's part of a routed batch.
+    scratch: Vec<TelemetrySample>,
 }
 
 impl<M> ActorFanOut<M>
@@ -88,7 +95,22 @@ where
         Self {
             targets,
             make: Box::new(make),
+            members: None,
+            scratch: Vec::new(),
         }
+    }
+
+    /// Sends each target only the samples of its own resources (one set per target, in the
+    /// targets' order); a target with none in a batch gets no message. Without routing every
+    /// target receives, and must scan, every batch of the park.
+    pub fn routed(mut self, members: Vec<HashSet<ResourceId>>) -> Self {
+        assert_eq!(
+            members.len(),
+            self.targets.len(),
+            "one member set per fan-out target"
+        );
+        self.members = Some(members);
+        self
     }
 }
 
@@ -98,9 +120,31 @@ where
     M::Result: Send,
 {
     fn deliver(&mut self, batch: Vec<TelemetrySample>) -> Result<(), SinkRefused> {
+        let Self {
+            targets,
+            make,
+            members,
+            scratch,
+        } = self;
         let mut refused: Vec<String> = Vec::new();
-        for target in &self.targets {
-            if let Err(rejected) = target.try_send((self.make)(&batch)) {
+        for (i, target) in targets.iter().enumerate() {
+            let message = match members.as_ref().and_then(|m| m.get(i)) {
+                Some(own) => {
+                    scratch.clear();
+                    scratch.extend(
+                        batch
+                            .iter()
+                            .filter(|s| own.contains(&s.resource_id))
+                            .cloned(),
+                    );
+                    if scratch.is_empty() {
+                        continue;
+                    }
+                    make(scratch)
+                }
+                None => make(&batch),
+            };
+            if let Err(rejected) = target.try_send(message) {
                 refused.push(rejected.reason.to_string());
             }
         }
@@ -108,7 +152,7 @@ where
             return Ok(());
         }
         Err(SinkRefused {
-            sink: format!("{} of {} actors", refused.len(), self.targets.len()),
+            sink: format!("{} of {} actors", refused.len(), targets.len()),
             samples: batch.len(),
             reason: refused.join("; "),
         })
@@ -192,5 +236,36 @@ mod tests {
             *seen.lock().unwrap(),
             vec![(vec![1, 2], 3), (vec![1, 2], 3)]
         );
+    }
+
+    #[actix::test]
+    async fn a_routed_fan_out_sends_each_target_only_its_own_resources() {
+        let metrics = Metrics::new();
+        let seen_a = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen_b = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let a = Collector(seen_a.clone()).start();
+        let b = Collector(seen_b.clone()).start();
+        let targets = vec![
+            BoundedSender::new(a.recipient(), ActorName::new("a"), 16, &metrics),
+            BoundedSender::new(b.recipient(), ActorName::new("b"), 16, &metrics),
+        ];
+        let own = |ids: &[u64]| ids.iter().map(|i| ResourceId(*i)).collect::<HashSet<_>>();
+        let mut fan = ActorFanOut::new(targets, |batch: &[TelemetrySample]| {
+            let produced = batch.iter().map(|s| s.received_ns).min().unwrap_or(0);
+            Batch(batch.iter().map(|s| s.resource_id.0).collect(), produced)
+        })
+        .routed(vec![own(&[1, 3]), own(&[2, 3])]);
+        // b has none of this batch: it gets no message at all.
+        fan.deliver(vec![sample(1, 7)]).unwrap();
+        fan.deliver(vec![sample(1, 5), sample(2, 4), sample(3, 6)])
+            .unwrap();
+        for _ in 0..100 {
+            if seen_a.lock().unwrap().len() == 2 && seen_b.lock().unwrap().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(*seen_a.lock().unwrap(), vec![(vec![1], 7), (vec![1, 3], 5)]);
+        assert_eq!(*seen_b.lock().unwrap(), vec![(vec![2, 3], 4)]);
     }
 }
