@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vpp::config::{Park, StrategySpec};
+use vpp::daemon::venue::InProcessVenue;
 use vpp_actors::live::connector::{run_connector, ConnectorWiring};
 use vpp_actors::live::messages::{MdConflator, ToRisk};
 use vpp_actors::live::oms::{OmsLogic, OmsWiring, SharedLedger};
@@ -43,7 +44,7 @@ use vpp_market_adapters::client::{AdapterConfig, ConnectionState, VenueAdapter, 
 use vpp_market_adapters::protocol::{
     tif_to_wire, Channel, ClientMsg, NewOrder, RateLimit, ReplaceOrder,
 };
-use vpp_market_adapters::sim::server::{VenueHandle, VenueServer};
+use vpp_market_adapters::sim::server::VenueHandle;
 use vpp_market_adapters::sim::venue::AccountConfig;
 use vpp_persistence::{JournalConfig, Store};
 
@@ -259,77 +260,22 @@ fn bench_park(park: &Park, rate: u32) -> anyhow::Result<(Park, MarketId)> {
     Ok((park, rt.id))
 }
 
-struct Venue {
-    handle: Arc<VenueHandle>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Venue {
-    fn start(park: &Park, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let listen = "127.0.0.1:0".parse().context("loopback address")?;
-        let mut cfg = vpp::daemon::venue::venue_config(park, listen);
-        cfg.accounts.push(AccountConfig {
-            account: "bench-mm".into(),
-            api_key: DRIVER_KEY.into(),
-        });
-        cfg.rate_limit = RateLimit {
-            max_orders: 1_000_000_000,
-            window_ms: 1_000,
-        };
-        cfg.sim_quotes = false;
-        cfg.max_reports_retained = 10_000;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("bench-venue".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    match VenueServer::start(cfg, clock).await {
-                        Ok(handle) => {
-                            let handle = Arc::new(handle);
-                            let _ = tx.send(Ok(Arc::clone(&handle)));
-                            let _ = stop_rx.await;
-                            handle.shutdown().await;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                        }
-                    }
-                });
-            })
-            .context("cannot start the venue thread")?;
-        let handle = rx
-            .recv()
-            .context("the venue thread ended early")?
-            .map_err(|e| anyhow::anyhow!("the venue simulator failed to start: {e}"))?;
-        Ok(Self {
-            handle,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Venue {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The bench's venue: the daemon's in-process simulator with a market-maker account, no
+/// rate limit and no simulated quotes (the driver makes the market).
+fn start_venue(park: &Park, clock: Arc<dyn Clock>) -> anyhow::Result<InProcessVenue> {
+    let listen = "127.0.0.1:0".parse().context("loopback address")?;
+    let mut cfg = vpp::daemon::venue::venue_config(park, listen);
+    cfg.accounts.push(AccountConfig {
+        account: "bench-mm".into(),
+        api_key: DRIVER_KEY.into(),
+    });
+    cfg.rate_limit = RateLimit {
+        max_orders: 1_000_000_000,
+        window_ms: 1_000,
+    };
+    cfg.sim_quotes = false;
+    cfg.max_reports_retained = 10_000;
+    InProcessVenue::start(cfg, clock)
 }
 
 /// The market maker: rests a bid and an ask per interval, then replaces the asks round-robin
@@ -489,7 +435,7 @@ async fn run_system(
         1,
     ));
     let rt = Runtime::new(Arc::clone(&clock));
-    let venue = Venue::start(&park, Arc::clone(&clock))?;
+    let venue = start_venue(&park, Arc::clone(&clock))?;
     let url = venue.handle.url();
 
     let store = Store::open(&format!("sqlite://{}", dir.join("bench.db").display()))

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use vpp_engine::clock::Clock;
 use vpp_market_adapters::client::MarketMapping;
-use vpp_market_adapters::sim::server::VenueServer;
+use vpp_market_adapters::sim::server::{VenueHandle, VenueServer};
 use vpp_market_adapters::sim::venue::{AccountConfig, MarketConfig, VenueConfig};
 
 /// The demo account of the built-in venue.
@@ -52,6 +52,8 @@ pub fn market_mappings(park: &Park) -> Vec<MarketMapping> {
 /// A venue running on its own thread; dropping the handle stops it.
 pub struct InProcessVenue {
     pub url: String,
+    /// Control of the running simulator (stats, faults) for the bench and tests.
+    pub handle: Arc<VenueHandle>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,9 +78,15 @@ impl InProcessVenue {
                 rt.block_on(async move {
                     match VenueServer::start(cfg, clock).await {
                         Ok(handle) => {
-                            let _ = url_tx.send(Ok(handle.url()));
+                            let handle = Arc::new(handle);
+                            let _ = url_tx.send(Ok(Arc::clone(&handle)));
                             let _ = stop_rx.await;
-                            handle.stop().await;
+                            // The market clock stops with the last owner; a handle still held
+                            // elsewhere only loses the network.
+                            match Arc::try_unwrap(handle) {
+                                Ok(handle) => handle.stop().await,
+                                Err(handle) => handle.shutdown().await,
+                            }
                         }
                         Err(e) => {
                             let _ = url_tx.send(Err(e.to_string()));
@@ -87,12 +95,13 @@ impl InProcessVenue {
                 });
             })
             .context("cannot start the venue simulator thread")?;
-        let url = url_rx
+        let handle = url_rx
             .recv()
             .context("the venue simulator thread ended early")?
             .map_err(|e| anyhow::anyhow!("the venue simulator failed to start: {e}"))?;
         Ok(Self {
-            url,
+            url: handle.url(),
+            handle,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
