@@ -158,6 +158,12 @@ impl DeliveryInterval {
         Self { start: self.end() }
     }
 
+    pub fn previous(&self) -> Self {
+        Self {
+            start: self.start - chrono::Duration::minutes(INTERVAL_MINUTES),
+        }
+    }
+
     /// Interval as seconds since the Unix epoch of its start: a compact key for storage.
     pub fn epoch_seconds(&self) -> i64 {
         self.start.timestamp()

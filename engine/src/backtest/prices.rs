@@ -13,7 +13,9 @@
 //! - Input is bounded: at most `max_rows` data rows, lines of at most [`MAX_LINE_BYTES`].
 //!   Errors name the line and what was wrong. Nothing here panics on input.
 
-use crate::market::DeliveryInterval;
+use crate::market::{DeliveryInterval, INTERVAL_MINUTES};
+
+const INTERVAL_SECONDS: i64 = INTERVAL_MINUTES * 60;
 use chrono::{LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
@@ -56,12 +58,63 @@ pub struct DstReport {
     pub utc_gaps_hours: u64,
 }
 
+/// Widest span of intervals indexed densely (≈ 120 years of 15-minute intervals); a wider,
+/// sparse series is looked up in its B-tree instead.
+const MAX_DENSE_INTERVALS: i64 = 4_200_000;
+
 /// A loaded series with its load report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceSeries {
     prices: BTreeMap<DeliveryInterval, Decimal>,
+    /// The same prices by interval number from the first (`dense[i]` is the interval starting
+    /// `first + i × 15 min`): the replay asks for several prices per step, and a B-tree walk
+    /// comparing chrono timestamps was its largest cost.
+    dense: DenseIndex,
     pub rows_read: usize,
     pub dst: DstReport,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct DenseIndex {
+    first_epoch_seconds: i64,
+    prices: Vec<Option<Decimal>>,
+}
+
+impl DenseIndex {
+    fn build(prices: &BTreeMap<DeliveryInterval, Decimal>) -> Self {
+        let (Some(first), Some(last)) = (prices.keys().next(), prices.keys().next_back()) else {
+            return Self::default();
+        };
+        let first_epoch_seconds = first.epoch_seconds();
+        let span = (last.epoch_seconds() - first_epoch_seconds) / INTERVAL_SECONDS + 1;
+        if span > MAX_DENSE_INTERVALS {
+            return Self::default();
+        }
+        let mut dense = vec![None; usize::try_from(span).unwrap_or(0)];
+        for (interval, price) in prices {
+            let i = (interval.epoch_seconds() - first_epoch_seconds) / INTERVAL_SECONDS;
+            if let Some(slot) = usize::try_from(i).ok().and_then(|i| dense.get_mut(i)) {
+                *slot = Some(*price);
+            }
+        }
+        Self {
+            first_epoch_seconds,
+            prices: dense,
+        }
+    }
+
+    /// `None` when the index does not cover the interval (outside it, or no index built).
+    fn get(&self, interval: DeliveryInterval) -> Option<Option<Decimal>> {
+        if self.prices.is_empty() {
+            return None;
+        }
+        let offset = interval.epoch_seconds() - self.first_epoch_seconds;
+        if offset < 0 {
+            return Some(None);
+        }
+        let i = usize::try_from(offset / INTERVAL_SECONDS).ok()?;
+        Some(self.prices.get(i).copied().flatten())
+    }
 }
 
 impl PriceSeries {
@@ -70,13 +123,17 @@ impl PriceSeries {
         let prices: BTreeMap<_, _> = points.into_iter().collect();
         Self {
             rows_read: prices.len(),
+            dense: DenseIndex::build(&prices),
             prices,
             dst: DstReport::default(),
         }
     }
 
     pub fn get(&self, interval: DeliveryInterval) -> Option<Decimal> {
-        self.prices.get(&interval).copied()
+        match self.dense.get(interval) {
+            Some(price) => price,
+            None => self.prices.get(&interval).copied(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -269,6 +326,7 @@ impl Loader<'_> {
         let have_hours = i64::try_from(self.prices.len() / 4).unwrap_or(i64::MAX);
         self.dst.utc_gaps_hours = u64::try_from(span_hours - have_hours).unwrap_or(0);
         Ok(PriceSeries {
+            dense: DenseIndex::build(&self.prices),
             prices: self.prices,
             rows_read: self.rows,
             dst: self.dst,
@@ -298,6 +356,44 @@ mod tests {
             currency_factor: dec!(7.8),
             max_rows: 100,
         }
+    }
+
+    #[test]
+    fn dense_index_answers_like_the_tree_inside_outside_and_in_gaps() {
+        let at = |secs: i64| DeliveryInterval::from_epoch_seconds(secs).expect("aligned");
+        let base = 1_700_000_100; // on the 15-minute grid
+        let series = PriceSeries::from_intervals([
+            (at(base), dec!(10)),
+            (at(base + 900), dec!(-20.5)),
+            (at(base + 5 * 900), dec!(30)),
+        ]);
+        assert!(
+            !series.dense.prices.is_empty(),
+            "a narrow series is indexed densely"
+        );
+        for k in -3..9 {
+            let i = at(base + k * 900);
+            assert_eq!(
+                series.get(i),
+                series.prices.get(&i).copied(),
+                "interval {k}"
+            );
+        }
+        assert_eq!(series.get(at(base + 900)), Some(dec!(-20.5)));
+        assert_eq!(series.get(at(base + 2 * 900)), None, "a gap has no price");
+        assert_eq!(series.get(at(base - 900)), None, "before the first");
+        assert_eq!(series.get(at(base + 6 * 900)), None, "after the last");
+    }
+
+    #[test]
+    fn a_sparse_series_wider_than_the_dense_limit_uses_the_tree() {
+        let at = |secs: i64| DeliveryInterval::from_epoch_seconds(secs).expect("aligned");
+        let far = (MAX_DENSE_INTERVALS + 1) * INTERVAL_SECONDS;
+        let series = PriceSeries::from_intervals([(at(0), dec!(1)), (at(far), dec!(2))]);
+        assert!(series.dense.prices.is_empty(), "not indexed densely");
+        assert_eq!(series.get(at(0)), Some(dec!(1)));
+        assert_eq!(series.get(at(far)), Some(dec!(2)));
+        assert_eq!(series.get(at(900)), None);
     }
 
     #[test]

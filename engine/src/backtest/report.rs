@@ -9,6 +9,7 @@ use super::{BacktestConfig, BatterySpec, DstReport, PriceSeries};
 use crate::ids::AggregationId;
 use crate::ledger::OrderLedger;
 use crate::market::DeliveryInterval;
+use crate::Timestamp;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use serde::Serialize;
@@ -141,19 +142,31 @@ pub(crate) fn build(c: Collected<'_>) -> BacktestReport {
         let mut rows = Vec::with_capacity(out.soc.len());
         let (mut cum, mut peak, mut drawdown) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
         let mut days: BTreeMap<chrono::NaiveDate, DayRow> = BTreeMap::new();
+        let mut calendar = LocalDays::new(tz);
+        let mut soc = SocPct::new(battery.energy_mwh);
+        let mut today: Option<DayRow> = None;
         for (interval, energy) in &out.soc {
-            let (bought, sold, pnl) = cash.get(interval).copied().unwrap_or_default();
-            cum += pnl;
-            peak = peak.max(cum);
-            drawdown = drawdown.max(peak - cum);
-            let day = interval.trading_day(tz);
+            // Most intervals trade nothing: the running sums stay as they are.
+            let traded = cash.get(interval);
+            let (bought, sold, pnl) = match traded {
+                Some(&(bought, sold, pnl)) => {
+                    cum += pnl;
+                    peak = peak.max(cum);
+                    drawdown = drawdown.max(peak - cum);
+                    (bought, sold, pnl)
+                }
+                None => (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO),
+            };
+            let day = calendar.day_of(*interval);
             let price = c.prices.get(*interval);
             if i == 0 {
                 delivered += 1;
                 without_price += usize::from(price.is_none());
-                *dst_days.entry(day).or_insert(0) += 1;
             }
-            let d = days.entry(day).or_insert(DayRow {
+            if today.as_ref().is_some_and(|d| d.day != day) {
+                close_day(&mut days, today.take());
+            }
+            let d = today.get_or_insert(DayRow {
                 day,
                 intervals: 0,
                 pnl_cny: Decimal::ZERO,
@@ -161,9 +174,11 @@ pub(crate) fn build(c: Collected<'_>) -> BacktestReport {
                 sold_mwh: Decimal::ZERO,
             });
             d.intervals += 1;
-            d.pnl_cny += pnl;
-            d.bought_mwh += bought;
-            d.sold_mwh += sold;
+            if traded.is_some() {
+                d.pnl_cny += pnl;
+                d.bought_mwh += bought;
+                d.sold_mwh += sold;
+            }
             rows.push(IntervalRow {
                 interval: *interval,
                 day,
@@ -172,8 +187,12 @@ pub(crate) fn build(c: Collected<'_>) -> BacktestReport {
                 sold_mwh: sold,
                 pnl_cny: pnl,
                 cum_pnl_cny: cum,
-                soc_pct: pct(*energy, battery.energy_mwh),
+                soc_pct: soc.of(*energy),
             });
+        }
+        close_day(&mut days, today);
+        if i == 0 {
+            dst_days = days.iter().map(|(day, d)| (*day, d.intervals)).collect();
         }
         let usable = battery.usable_mwh();
         strategies.push(StrategyReport {
@@ -217,6 +236,90 @@ pub(crate) fn build(c: Collected<'_>) -> BacktestReport {
             .collect(),
         events: c.events,
         strategies,
+    }
+}
+
+/// Adds a finished day's row to the days (rows come in time order, so a day is new there).
+fn close_day(days: &mut BTreeMap<chrono::NaiveDate, DayRow>, row: Option<DayRow>) {
+    let Some(row) = row else { return };
+    match days.get_mut(&row.day) {
+        Some(d) => {
+            d.intervals += row.intervals;
+            d.pnl_cny += row.pnl_cny;
+            d.bought_mwh += row.bought_mwh;
+            d.sold_mwh += row.sold_mwh;
+        }
+        None => {
+            days.insert(row.day, row);
+        }
+    }
+}
+
+/// The local trading day of intervals: a time-zone conversion only for an interval outside
+/// the day found last (rows come in time order, so once a day).
+struct LocalDays {
+    tz: chrono_tz::Tz,
+    /// The day and its first and last-plus-one instants.
+    day: Option<(chrono::NaiveDate, Timestamp, Timestamp)>,
+}
+
+impl LocalDays {
+    fn new(tz: chrono_tz::Tz) -> Self {
+        Self { tz, day: None }
+    }
+
+    fn day_of(&mut self, interval: DeliveryInterval) -> chrono::NaiveDate {
+        let t = interval.start();
+        if let Some((day, from, to)) = self.day {
+            if from <= t && t < to {
+                return day;
+            }
+        }
+        let day = interval.trading_day(self.tz);
+        self.day = local_midnight(day, self.tz)
+            .zip(
+                day.succ_opt()
+                    .and_then(|next| local_midnight(next, self.tz)),
+            )
+            .map(|(from, to)| (day, from, to));
+        day
+    }
+}
+
+/// The instant a local day begins (`None` where its midnight does not exist).
+fn local_midnight(day: chrono::NaiveDate, tz: chrono_tz::Tz) -> Option<Timestamp> {
+    use chrono::TimeZone as _;
+    let local = tz
+        .from_local_datetime(&day.and_hms_opt(0, 0, 0)?)
+        .earliest()?;
+    Some(local.with_timezone(&chrono::Utc))
+}
+
+/// SoC percentages of a battery, rounded as [`pct`]; the last one is kept, since the energy
+/// often stays the same from one interval to the next and the division is dear.
+struct SocPct {
+    capacity_mwh: Decimal,
+    last: Option<(Decimal, Decimal)>,
+}
+
+impl SocPct {
+    fn new(capacity_mwh: Decimal) -> Self {
+        Self {
+            capacity_mwh,
+            last: None,
+        }
+    }
+
+    fn of(&mut self, energy_mwh: Decimal) -> Decimal {
+        match self.last {
+            // The same representation, not only the same value: 1.0 and 1.00 print apart.
+            Some((e, p)) if e.serialize() == energy_mwh.serialize() => p,
+            _ => {
+                let p = pct(energy_mwh, self.capacity_mwh);
+                self.last = Some((energy_mwh, p));
+                p
+            }
+        }
     }
 }
 

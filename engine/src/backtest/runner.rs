@@ -40,6 +40,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 const STEP: Duration = Duration::minutes(15);
 const HOURS_PER_INTERVAL: Decimal = dec!(0.25);
+/// Trading days whose intervals are kept (a day, the one before, the one being cleared).
+const DAY_CACHE_LEN: usize = 4;
 
 /// A strategy to run: built by the caller (through the registry), with its battery.
 pub struct StrategySetup {
@@ -65,6 +67,26 @@ struct Slot {
     capacity: Option<CapacityUpdate>,
     /// The battery energy `capacity` was built for (an equality test, no multiplication).
     capacity_energy_mwh: Decimal,
+}
+
+/// The simulated real-time book of an interval, with the day-ahead price it is built on.
+#[derive(Debug, Clone, Copy)]
+struct RtBook {
+    bid: Decimal,
+    mid: Decimal,
+    ask: Decimal,
+    day_ahead: Decimal,
+}
+
+/// What happens once per trading day, at an instant of the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheduled {
+    /// The day-ahead forecasts of the trading day go out.
+    Forecasts(NaiveDate),
+    /// The trading day's auction clears.
+    Clearing(NaiveDate),
+    /// The trading day has been delivered (progress).
+    DayEnd,
 }
 
 /// Work queued within a step.
@@ -93,13 +115,15 @@ struct Run<'a> {
     timers_covered: Timestamp,
     /// First instant of the run's first trading day and of the day after its last.
     range: (Timestamp, Timestamp),
-    /// Ends of the run's trading days (progress).
-    day_ends: std::collections::BTreeSet<Timestamp>,
+    /// The per-day schedule (forecasts, clearings, day ends for progress), in time order;
+    /// each step pops what falls due, so the step never searches it.
+    schedule: VecDeque<(Timestamp, Scheduled)>,
+    /// The intervals of the last few trading days asked for.
+    day_cache: VecDeque<(NaiveDate, Vec<DeliveryInterval>)>,
     /// The last real-time book computed (each interval's is asked for at least twice).
-    rt_cache: Option<(DeliveryInterval, (Decimal, Decimal, Decimal))>,
-    /// When each trading day's forecasts go out, and when its auction clears.
-    forecast_at: BTreeMap<Timestamp, NaiveDate>,
-    clear_at: BTreeMap<Timestamp, NaiveDate>,
+    rt_cache: Option<(DeliveryInterval, RtBook)>,
+    /// The real-time noise amplitude in 0.01 CNY steps (from the config, once).
+    rt_noise_cents: i64,
     seq: u64,
     fill_id: u64,
     events: u64,
@@ -127,15 +151,14 @@ pub fn run(
     let end = run.local_midnight(cfg.to.succ_opt().unwrap_or(cfg.to));
     let total_days = u32::try_from((cfg.to - cfg.from).num_days() + 1).unwrap_or(u32::MAX);
     run.timers_covered = start - STEP;
-    let mut t = start;
+    let mut now = DeliveryInterval::containing(start);
     let mut day_done = 0u32;
-    while t <= end {
-        run.step(t)?;
-        if run.day_ends.contains(&t) {
+    while now.start() <= end {
+        if run.step(now)? {
             day_done = day_done.saturating_add(1).min(total_days);
             progress(day_done, total_days);
         }
-        t += STEP;
+        now = now.next();
     }
     Ok(run.finish())
 }
@@ -184,27 +207,34 @@ impl<'a> Run<'a> {
             rt_taken: BTreeMap::new(),
             queue: VecDeque::new(),
             rt_cache: None,
+            rt_noise_cents: (cfg.real_time.noise_cny_per_mwh * dec!(100))
+                .trunc()
+                .try_into()
+                .unwrap_or(0i64)
+                .max(0),
             timers: Vec::with_capacity(200),
             pending_timers: VecDeque::with_capacity(200),
             timers_covered: Timestamp::MIN_UTC,
             range: (Timestamp::MIN_UTC, Timestamp::MIN_UTC),
-            day_ends: std::collections::BTreeSet::new(),
-            forecast_at: BTreeMap::new(),
-            clear_at: BTreeMap::new(),
+            schedule: VecDeque::new(),
+            day_cache: VecDeque::with_capacity(DAY_CACHE_LEN),
             seq: 0,
             fill_id: 0,
             events: 0,
         };
         let lead = Duration::minutes(i64::from(cfg.gate_lead_minutes));
+        let mut schedule = Vec::new();
         let mut day = cfg.from;
         while day <= cfg.to {
             let gate = run.gate_of(day);
-            run.forecast_at.insert(gate - lead - STEP, day);
-            run.clear_at.insert(gate, day);
+            schedule.push((gate - lead - STEP, Scheduled::Forecasts(day)));
+            schedule.push((gate, Scheduled::Clearing(day)));
             let Some(next) = day.succ_opt() else { break };
-            run.day_ends.insert(run.local_midnight(next));
+            schedule.push((run.local_midnight(next), Scheduled::DayEnd));
             day = next;
         }
+        schedule.sort_by_key(|(at, _)| *at);
+        run.schedule = schedule.into();
         let after_last = cfg.to.succ_opt().unwrap_or(cfg.to);
         run.range = (run.local_midnight(cfg.from), run.local_midnight(after_last));
         Ok(run)
@@ -231,18 +261,37 @@ impl<'a> Run<'a> {
         interval.start() >= self.range.0 && interval.start() < self.range.1
     }
 
-    fn day_intervals(&self, day: NaiveDate) -> Vec<DeliveryInterval> {
+    /// The intervals of a local trading day (92, 96 or 100). Each day is asked for up to three
+    /// times (its forecasts, the next day's, its clearing): the last few are kept.
+    fn day_intervals(&mut self, day: NaiveDate) -> Vec<DeliveryInterval> {
+        if let Some((_, intervals)) = self.day_cache.iter().find(|(d, _)| *d == day) {
+            return intervals.clone();
+        }
+        let intervals = self.compute_day_intervals(day);
+        if self.day_cache.len() == DAY_CACHE_LEN {
+            self.day_cache.pop_front();
+        }
+        self.day_cache.push_back((day, intervals.clone()));
+        intervals
+    }
+
+    /// From the day's local midnight to the next, by instant: no time-zone conversion per
+    /// interval.
+    fn compute_day_intervals(&self, day: NaiveDate) -> Vec<DeliveryInterval> {
+        let end = self.local_midnight(day.succ_opt().unwrap_or(day));
         let mut i = DeliveryInterval::containing(self.local_midnight(day));
         let mut out = Vec::with_capacity(100);
-        while i.trading_day(self.cfg.timezone) == day && out.len() < 100 {
+        while i.start() < end && out.len() < 100 {
             out.push(i);
             i = i.next();
         }
         out
     }
 
-    fn step(&mut self, t: Timestamp) -> Result<(), BacktestError> {
-        self.deliver(DeliveryInterval::containing(t - STEP));
+    /// One step at the start of `now`; true when a trading day ended there.
+    fn step(&mut self, now: DeliveryInterval) -> Result<bool, BacktestError> {
+        let t = now.start();
+        self.deliver(now.previous());
         self.gate.on_tick(t);
         for k in 0..self.slots.len() {
             let slot = &self.slots[k];
@@ -261,15 +310,32 @@ impl<'a> Run<'a> {
             self.gate.on_capacity(&for_gate, &self.slots[k].battery, t);
             self.callback(k, t, |h| h.on_capacity(t, &update))?;
         }
-        if let Some(day) = self.forecast_at.get(&t).copied() {
+        let (mut forecasts, mut clearing, mut day_ended) = (None, None, false);
+        while let Some(&(at, what)) = self.schedule.front() {
+            if at > t {
+                break;
+            }
+            self.schedule.pop_front();
+            // An instant off the 15-minute grid is never stepped on: skipped, as a lookup by
+            // instant would. Each kind falls due at most once per instant.
+            if at < t {
+                continue;
+            }
+            match what {
+                Scheduled::Forecasts(day) => forecasts = Some(day),
+                Scheduled::Clearing(day) => clearing = Some(day),
+                Scheduled::DayEnd => day_ended = true,
+            }
+        }
+        if let Some(day) = forecasts {
             self.publish_forecasts(day, t)?;
         }
-        self.publish_real_time(DeliveryInterval::containing(t + STEP), t)?;
+        self.publish_real_time(now.next(), t)?;
         self.fire_timers(t)?;
-        if let Some(day) = self.clear_at.get(&t).copied() {
+        if let Some(day) = clearing {
             self.clear_day(day, t)?;
         }
-        Ok(())
+        Ok(day_ended)
     }
 
     fn day_in_range(&self, day: NaiveDate) -> bool {
@@ -353,8 +419,21 @@ impl<'a> Run<'a> {
     }
 
     fn publish_forecasts(&mut self, day: NaiveDate, t: Timestamp) -> Result<(), BacktestError> {
-        for interval in self.day_intervals(day) {
-            let Some(reference) = self.forecast(interval) else {
+        let intervals = self.day_intervals(day);
+        // Two ordinary days (no clock change in either): the same local time a day earlier is
+        // the interval at the same position, found without a time-zone conversion.
+        let aligned_previous = match (self.cfg.forecast, day.pred_opt()) {
+            (ForecastMode::PreviousDay, Some(previous)) if intervals.len() == 96 => {
+                Some(self.day_intervals(previous)).filter(|p| p.len() == 96)
+            }
+            _ => None,
+        };
+        for (i, interval) in intervals.into_iter().enumerate() {
+            let reference = match &aligned_previous {
+                Some(previous) => previous.get(i).and_then(|p| self.prices.get(*p)),
+                None => self.forecast(interval),
+            };
+            let Some(reference) = reference else {
                 continue;
             };
             let data = MarketData::Price {
@@ -371,11 +450,7 @@ impl<'a> Run<'a> {
 
     /// The real-time mid of an interval: day-ahead price plus seeded noise in 0.01 steps.
     fn rt_mid(&self, interval: DeliveryInterval, da: Decimal) -> Decimal {
-        let cents = (self.cfg.real_time.noise_cny_per_mwh * dec!(100))
-            .trunc()
-            .try_into()
-            .unwrap_or(0i64)
-            .max(0);
+        let cents = self.rt_noise_cents;
         if cents == 0 {
             return da;
         }
@@ -387,16 +462,21 @@ impl<'a> Run<'a> {
         da + Decimal::new(i64::try_from(draw).unwrap_or(0) - cents, 2)
     }
 
-    fn rt_book(&mut self, interval: DeliveryInterval) -> Option<(Decimal, Decimal, Decimal)> {
+    fn rt_book(&mut self, interval: DeliveryInterval) -> Option<RtBook> {
         if let Some((cached, book)) = self.rt_cache {
             if cached == interval {
                 return Some(book);
             }
         }
-        let da = self.prices.get(interval)?;
-        let mid = self.rt_mid(interval, da);
+        let day_ahead = self.prices.get(interval)?;
+        let mid = self.rt_mid(interval, day_ahead);
         let half = self.cfg.real_time.half_spread_cny_per_mwh;
-        let book = (mid - half, mid, mid + half);
+        let book = RtBook {
+            bid: mid - half,
+            mid,
+            ask: mid + half,
+            day_ahead,
+        };
         self.rt_cache = Some((interval, book));
         Some(book)
     }
@@ -409,7 +489,12 @@ impl<'a> Run<'a> {
         if !self.in_range(interval) {
             return Ok(());
         }
-        let (Some((bid, mid, ask)), Some(da)) = (self.rt_book(interval), self.prices.get(interval))
+        let Some(RtBook {
+            bid,
+            mid,
+            ask,
+            day_ahead: da,
+        }) = self.rt_book(interval)
         else {
             return Ok(());
         };
@@ -759,7 +844,7 @@ impl<'a> Run<'a> {
         quantity_mw: Decimal,
         limit: Decimal,
     ) -> Option<(Decimal, Decimal)> {
-        let (bid, _, ask) = self.rt_book(interval)?;
+        let RtBook { bid, ask, .. } = self.rt_book(interval)?;
         let (touch, crosses) = match side {
             Side::Buy => (ask, limit >= ask),
             Side::Sell => (bid, limit <= bid),
