@@ -151,7 +151,7 @@ impl DeliveryInterval {
     }
 
     pub fn end(&self) -> Timestamp {
-        self.start + chrono::Duration::minutes(INTERVAL_MINUTES)
+        self.shifted(1)
     }
 
     pub fn next(&self) -> Self {
@@ -160,8 +160,29 @@ impl DeliveryInterval {
 
     pub fn previous(&self) -> Self {
         Self {
-            start: self.start - chrono::Duration::minutes(INTERVAL_MINUTES),
+            start: self.shifted(-1),
         }
+    }
+
+    /// The start moved by `intervals` × 15 minutes. Within the same UTC day only the time of
+    /// day changes, which skips chrono's date arithmetic (the backtest steps through
+    /// intervals millions of times a second); across midnight chrono does it.
+    fn shifted(&self, intervals: i32) -> Timestamp {
+        use chrono::Timelike as _;
+        const DAY_SECONDS: i64 = 86_400;
+        let naive = self.start.naive_utc();
+        let time = naive.time();
+        let secs = i64::from(time.num_seconds_from_midnight())
+            + i64::from(intervals) * INTERVAL_MINUTES * 60;
+        if time.nanosecond() == 0 && (0..DAY_SECONDS).contains(&secs) {
+            let same_day = u32::try_from(secs)
+                .ok()
+                .and_then(|s| chrono::NaiveTime::from_num_seconds_from_midnight_opt(s, 0));
+            if let Some(t) = same_day {
+                return chrono::NaiveDateTime::new(naive.date(), t).and_utc();
+            }
+        }
+        self.start + chrono::Duration::minutes(INTERVAL_MINUTES * i64::from(intervals))
     }
 
     /// Interval as seconds since the Unix epoch of its start: a compact key for storage.
@@ -307,6 +328,25 @@ mod tests {
 
     fn t(h: u32, m: u32) -> Timestamp {
         Utc.with_ymd_and_hms(2026, 3, 1, h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn next_and_previous_agree_with_chrono_across_midnights_and_years() {
+        let step = chrono::Duration::minutes(INTERVAL_MINUTES);
+        // Two days around a year end and a leap day, every interval.
+        for start in [
+            Utc.with_ymd_and_hms(2023, 12, 31, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2024, 2, 28, 12, 0, 0).unwrap(),
+        ] {
+            let mut i = DeliveryInterval::containing(start);
+            for _ in 0..200 {
+                assert_eq!(i.end(), i.start() + step, "end of {i}");
+                assert_eq!(i.next().start(), i.start() + step, "next of {i}");
+                assert_eq!(i.previous().start(), i.start() - step, "previous of {i}");
+                assert_eq!(i.next().previous(), i);
+                i = i.next();
+            }
+        }
     }
 
     fn yunnan_day_ahead() -> Market {
