@@ -29,7 +29,9 @@ fn config(db: &str) -> String {
     let base = DEMO_CONFIG_TOML.replace("sqlite://data/vpp.db", db);
     format!(
         "{base}\n[[strategies]]\nname = \"flow\"\nkind = \"order_flow\"\naggregation = \"vpp-south\"\n\
-         market = \"yunnan-real-time\"\n[strategies.params]\nevery_n = 3\nquantity_mw = 0.1\nmax_open = 6\n"
+         market = \"yunnan-real-time\"\n[strategies.params]\nevery_n = 3\nquantity_mw = 0.1\nmax_open = 6\n\
+         \n[[strategies]]\nname = \"flow-shadow\"\nkind = \"order_flow\"\naggregation = \"vpp-south\"\n\
+         market = \"yunnan-real-time\"\nshadow = true\n[strategies.params]\nevery_n = 3\nquantity_mw = 0.1\nmax_open = 6\n"
     )
 }
 
@@ -158,6 +160,44 @@ fn kill_switch_stop_start_and_manual_orders_through_the_api() {
         let ids = open_ids(a, &trader, "&strategy=flow");
         (!ids.is_empty()).then_some(ids)
     });
+    // The shadow twin decides on the same data, records its intents on paper, and sends
+    // nothing; the API shows its paper P&L next to the live `flow`.
+    let shadow = wait_for(60, "the shadow twin's intents", || {
+        let r = get(a, "/api/v1/engine/shadow?intents=5", &trader);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let s = v["strategies"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == "flow-shadow"))
+            .cloned()
+            .unwrap_or_else(|| panic!("flow-shadow not listed: {v}"));
+        (s["intents_total"].as_u64() > Some(0)).then_some(s)
+    });
+    let last = shadow["last_intents"].as_array().expect("last_intents");
+    assert!(!last.is_empty() && last.len() <= 5, "{shadow}");
+    assert!(shadow["paper"]["orders"].as_u64() > Some(0), "{shadow}");
+    // Live on vpp-south real-time: `flow` and the demo's south battery arbitrage.
+    let twins = shadow["live_twins"].as_array().expect("live_twins");
+    let mut names: Vec<&str> = twins.iter().filter_map(|t| t["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["flow", "south-battery-arbitrage"], "{shadow}");
+    let flow = twins.iter().find(|t| t["name"] == "flow").expect("flow");
+    assert!(flow["orders"].as_u64() > Some(0), "{shadow}");
+    let r = get(
+        a,
+        "/api/v1/engine/orders?strategy=flow-shadow&open=false&limit=10",
+        &trader,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["items"],
+        serde_json::json!([]),
+        "a shadow sends nothing"
+    );
+    let r = get(a, "/api/v1/engine/shadow?intents=5000", &trader);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["field"], "intents", "{}", r.body);
+
     let interval = {
         let r = get(
             a,

@@ -16,6 +16,7 @@ use crate::daemon::control::{
     parse_key, ConnectionView, ControlError, EngineStatus, IdOrName, KillSwitchRow, KillView,
     ManualOrder, OrderAccepted, OrderFilter, PositionRow,
 };
+use crate::daemon::shadow::{ShadowReport, MAX_SHADOW_INTENTS};
 use crate::token::Role;
 use actix_web::{guard, web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/engine/stop", web::post().to(stop))
         .route("/engine/orders", web::get().to(orders))
         .route("/engine/positions", web::get().to(positions))
+        .route("/engine/shadow", web::get().to(shadow))
         .route("/risk/exposure", web::get().to(exposure))
         .route("/risk/kill-switch", web::get().to(kill_switches))
         .route("/risk/kill-switch/engage", web::post().to(engage))
@@ -254,6 +256,36 @@ pub async fn positions(
     let (_, aggregation) = resolve_filters(&state, None, q.aggregation.as_deref())?;
     let rows = state.engine()?.positions(aggregation);
     Ok(HttpResponse::Ok().json(Page::from_vec(rows, page)))
+}
+
+/// `?intents=N`: how many of each shadow strategy's newest intents to include.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowQuery {
+    /// 0 (default) ..= 1000.
+    pub intents: Option<u32>,
+}
+
+/// Shadow strategies: paper P&L next to the live strategies on the same aggregation and
+/// market (A/B evaluation without sending orders).
+#[utoipa::path(get, path = "/api/v1/engine/shadow", tag = "engine", params(ShadowQuery),
+    responses((status = 200, body = ShadowReport), (status = "4XX", description = "bad input", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn shadow(
+    state: web::Data<ApiState>,
+    _c: Caller,
+    q: web::Query<ShadowQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let intents = q.intents.unwrap_or(0);
+    if intents as usize > MAX_SHADOW_INTENTS {
+        return Err(ApiError::invalid(
+            "intents",
+            format!("{intents} is above the limit of {MAX_SHADOW_INTENTS}"),
+        ));
+    }
+    let report = state.engine()?.shadow_report(intents as usize);
+    Ok(HttpResponse::Ok().json(report))
 }
 
 // ----- risk --------------------------------------------------------------------------------

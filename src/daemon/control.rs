@@ -82,6 +82,8 @@ pub struct EngineHandle {
     pub venue_url: String,
     pub started_at: Timestamp,
     manual_seq: AtomicU64,
+    /// The shadow strategies' paper venues (empty without shadow strategies).
+    shadows: super::shadow::Shadows,
 }
 
 /// `GET /engine`.
@@ -293,7 +295,20 @@ impl EngineHandle {
             epoch,
             venue_url: redact_url(venue_url),
             manual_seq: AtomicU64::new(0),
+            shadows: Vec::new(),
         }
+    }
+
+    /// The shadow strategies' paper venues, for [`EngineHandle::shadow_report`].
+    pub fn with_shadows(mut self, shadows: super::shadow::Shadows) -> Self {
+        self.shadows = shadows;
+        self
+    }
+
+    /// Each shadow strategy's paper P&L next to its live twins; `intents` newest intents each.
+    pub fn shadow_report(&self, intents: usize) -> super::shadow::ShadowReport {
+        let ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        super::shadow::report(&self.park, &self.shadows, &ledger, intents)
     }
 
     fn engine(&self) -> std::sync::MutexGuard<'_, RiskEngine> {

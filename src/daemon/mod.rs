@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod control;
 pub mod park;
 pub mod session;
+pub mod shadow;
 pub mod venue;
 
 use crate::config::{Park, StrategySpec};
@@ -310,7 +311,10 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         strategies = park.strategies.iter().filter(|s| s.enabled).count(),
         "trading"
     );
-    let api = start_api(&park, &store, &rt, &clock, &live, epoch, &url, &opts).await?;
+    let api = start_api(
+        &park, &store, &rt, &clock, &live, &shadows, epoch, &url, &opts,
+    )
+    .await?;
     // Telemetry in, setpoints out: the simulated park or the MQTT broker (`[telemetry]`).
     let mut mqtt = None;
     if let Some(rx) = live.setpoints_rx.take() {
@@ -408,6 +412,7 @@ async fn start_api(
     rt: &Runtime,
     clock: &Arc<dyn Clock>,
     live: &Live,
+    shadows: &Shadows,
     epoch: u64,
     url: &str,
     opts: &RunOptions,
@@ -434,7 +439,8 @@ async fn start_api(
         Arc::clone(&live.adapter),
         epoch,
         url,
-    );
+    )
+    .with_shadows(shadows.clone());
     let state = crate::api::ApiState::new(
         store.clone(),
         Some(Arc::new(engine)),
@@ -809,8 +815,7 @@ async fn record_strategy_versions(
     Ok(versions)
 }
 
-/// A shadow strategy's paper venue, by strategy name.
-type Shadows = Vec<(String, vpp_actors::live::strategy::SharedPaper)>;
+use shadow::Shadows;
 
 /// Writes `<data_dir>/shadow/<name>.json` per shadow strategy: paper P&L and its last intents.
 fn write_shadow_reports(shadows: &Shadows, data_dir: &Path) {
