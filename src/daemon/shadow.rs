@@ -218,10 +218,22 @@ mod tests {
         let mut ledger = OrderLedger::new();
         // Strategy 1: sells 2 MW at 310 (155 CNY in), buys 1 MW at 280 (70 CNY out), one
         // order unfilled. Strategy 2's fill must not count.
-        order(&mut ledger, "a", 1, Side::Sell, Some((dec("2"), dec("310"))));
+        order(
+            &mut ledger,
+            "a",
+            1,
+            Side::Sell,
+            Some((dec("2"), dec("310"))),
+        );
         order(&mut ledger, "b", 1, Side::Buy, Some((dec("1"), dec("280"))));
         order(&mut ledger, "c", 1, Side::Buy, None);
-        order(&mut ledger, "d", 2, Side::Sell, Some((dec("2"), dec("999"))));
+        order(
+            &mut ledger,
+            "d",
+            2,
+            Side::Sell,
+            Some((dec("2"), dec("999"))),
+        );
         let twin = live_figures(&ledger, StrategyId(1), "live");
         assert_eq!(twin.cash_cny, dec("85"));
         assert_eq!(twin.sold_mwh, dec("0.5"));
