@@ -544,6 +544,7 @@ async fn run_system(
             .iter()
             .map(|m| (m.name.clone(), m.id))
             .collect(),
+        settlement: Vec::new(),
     };
     let connector = actix::spawn(run_connector(wiring, Arc::clone(&adapter), events, conn_rx));
     let mut state = adapter.state_watch();

@@ -360,6 +360,10 @@ pub struct SettlementConfig {
     /// Date the rates are quoted for, `YYYY-MM-DD` (UTC midnight).
     #[serde(default = "default_rates_as_of")]
     pub rates_as_of: String,
+    /// Deemed regulation mileage, MW of mileage per MW of awarded capacity per interval
+    /// (0..=100, default 0: the venue sends no AGC signal, so no mileage is measured).
+    #[serde(default)]
+    pub regulation_mileage_mw_per_mw: Decimal,
 }
 
 impl Default for SettlementConfig {
@@ -375,6 +379,7 @@ impl Default for SettlementConfig {
             cny_per_usd: default_cny_per_usd(),
             cny_per_eur: default_cny_per_eur(),
             rates_as_of: default_rates_as_of(),
+            regulation_mileage_mw_per_mw: Decimal::ZERO,
         }
     }
 }
@@ -409,6 +414,8 @@ fn default_rates_as_of() -> String {
 pub struct SettlementSettings {
     pub rule: PenaltyRule,
     pub rates: RatesTable,
+    /// Deemed regulation mileage, MW per MW of capacity per interval.
+    pub regulation_mileage_mw_per_mw: Decimal,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -754,7 +761,18 @@ impl Builder {
         rates
             .validate()
             .map_err(|e| self.invalid("settlement".into(), &e))?;
-        Ok(SettlementSettings { rule, rates })
+        let mileage = s.regulation_mileage_mw_per_mw;
+        if mileage < Decimal::ZERO || mileage > Decimal::ONE_HUNDRED {
+            return Err(self.err(
+                "settlement.regulation_mileage_mw_per_mw".into(),
+                format!("{mileage} outside 0..=100 (MW of mileage per MW of capacity)"),
+            ));
+        }
+        Ok(SettlementSettings {
+            rule,
+            rates,
+            regulation_mileage_mw_per_mw: mileage,
+        })
     }
 
     fn dispatch(
@@ -1303,6 +1321,12 @@ lon = 102.7
         );
         assert_eq!(rule.exempt_kinds.len(), 2);
         assert_eq!(park.settlement.rates.cny_per_usd, Decimal::new(71, 1));
+        assert_eq!(park.settlement.regulation_mileage_mw_per_mw, Decimal::ZERO);
+        let park = parse("[settlement]\nregulation_mileage_mw_per_mw = 0.5\n").unwrap();
+        assert_eq!(
+            park.settlement.regulation_mileage_mw_per_mw,
+            Decimal::new(5, 1)
+        );
         for (text, key) in [
             ("tolerance_band_pct = 101", "settlement.tolerance_band_pct"),
             (
@@ -1316,6 +1340,10 @@ lon = 102.7
             ),
             ("cny_per_eur = 0", "settlement.cny_per_eur"),
             ("rates_as_of = \"yesterday\"", "settlement.rates_as_of"),
+            (
+                "regulation_mileage_mw_per_mw = -0.5",
+                "settlement.regulation_mileage_mw_per_mw",
+            ),
         ] {
             let err = parse(&format!("[settlement]\n{text}\n")).unwrap_err();
             assert_eq!(err.key, key, "{text}: {err}");

@@ -233,6 +233,7 @@ impl Harness {
                 risk: risk.sender(),
                 strategies: Arc::new(std::sync::RwLock::new(Vec::new())),
                 symbols: HashMap::from([("yn-rt".to_owned(), RT)]),
+                settlement: Vec::new(),
             },
             Arc::clone(&adapter),
             events,

@@ -503,6 +503,8 @@ async fn start_core(
     let mut telemetry_members = Vec::new();
     let (dispatch_journal, _) = DispatchJournal::spawn(store.clone(), 8_192, &rt.metrics);
     let (settlement_writer, _) = SettlementWriter::spawn(store.clone(), 1_024, &rt.metrics);
+    // Every Settlement actor also takes the venue's regulation and DR announcements.
+    let mut settlements = Vec::new();
     let markets: HashMap<_, _> = park.markets.iter().map(|m| (m.id, m.clone())).collect();
     // OMS and risk address each other (and dispatch feeds risk's deviation monitor): risk's
     // sender reaches them through a slot.
@@ -530,6 +532,7 @@ async fn start_core(
             metrics: rt.metrics.clone(),
             rule: park.settlement.rule.clone(),
             rates: park.settlement.rates,
+            regulation_mileage_mw_per_mw: park.settlement.regulation_mileage_mw_per_mw,
             markets: markets.clone(),
             kinds,
             writer: settlement_writer.clone(),
@@ -545,6 +548,7 @@ async fn start_core(
             |s: &SettlementLogic| Ok(s.clone()),
         )?
         .start();
+        settlements.push(settlement.sender());
         let settings = park.dispatch.get(&agg.id).copied().unwrap_or_default();
         let w = DispatchWiring {
             aggregation_id: agg.id,
@@ -706,6 +710,7 @@ async fn start_core(
         risk: risk.sender(),
         strategies: Arc::clone(&md),
         symbols,
+        settlement: settlements,
     };
     actix::spawn(run_connector(wiring, Arc::clone(&adapter), events, conn_rx));
     let mut state = adapter.state_watch();

@@ -4,7 +4,8 @@
 //! It turns OMS commands into adapter calls and adapter events into engine types: execution
 //! reports go to the OMS in order through a bounded outbox (back-pressure, never dropped);
 //! market data is converted once and written into every strategy's conflator (latest value per
-//! key wins); connection state goes to the health registry.
+//! key wins); ancillary results and demand-response invitations also go to every Settlement
+//! actor (bounded `try_send`, never conflated); connection state goes to the health registry.
 //!
 //! Hot path: nothing between an OMS command and the adapter's socket task is awaited. Orders and
 //! cancels are handed over with `submit_order` / `submit_cancel` (a bounded `try_send`); an order
@@ -23,8 +24,9 @@
 //!   behind it and no adapter event is read, so the outbox never holds more than a few.
 
 use super::messages::{ConnectorCmd, MdSender, ToOms, ToRisk};
+use super::settlement::{Announcement, ToSettlement};
 use crate::health::{Health, HealthRegistry};
-use crate::mailbox::BoundedSender;
+use crate::mailbox::{BoundedSender, Refusable};
 use crate::metrics::{Gauge, Metrics, Stage};
 use actix::prelude::SendError;
 use actix::Recipient;
@@ -57,6 +59,9 @@ pub struct ConnectorWiring {
     pub strategies: Arc<RwLock<Vec<MdSender>>>,
     /// Venue symbol → market id.
     pub symbols: HashMap<String, MarketId>,
+    /// Every aggregation's Settlement actor: ancillary results and demand-response invitations
+    /// go to each (the prices regulation mileage and DR are settled at); empty: none.
+    pub settlement: Vec<BoundedSender<ToSettlement>>,
 }
 
 /// Converts one adapter market data item; `None` for channels strategies do not take.
@@ -272,6 +277,15 @@ impl Connector {
                 interval,
                 price_cny_per_mwh: reference_price_cny_per_mwh,
             });
+        }
+        if let Some(a) = Announcement::from_market_data(&data) {
+            // Rare (per interval and market); a refusal is counted by the sender and logged.
+            for s in &self.w.settlement {
+                if let Err(e) = s.try_send(ToSettlement::Announced(a)) {
+                    let (msg, reason) = e.into_parts();
+                    msg.refuse(&reason);
+                }
+            }
         }
         let strategies = self
             .w

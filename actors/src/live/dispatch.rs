@@ -766,8 +766,9 @@ mod tests {
     impl actix::Handler<ToSettlement> for Capture {
         type Result = Result<(), crate::mailbox::Refused>;
         fn handle(&mut self, msg: ToSettlement, _: &mut actix::Context<Self>) -> Self::Result {
-            let ToSettlement::Delivered(d) = msg;
-            self.0.lock().unwrap().push(d);
+            if let ToSettlement::Delivered(d) = msg {
+                self.0.lock().unwrap().push(d);
+            }
             Ok(())
         }
     }

@@ -1,26 +1,56 @@
 //! The Settlement actor (one per aggregation): settles each delivered interval with the
 //! engine's `SettlementRecord::settle` (energy, real-time against day-ahead, the province's
-//! deviation penalty; exact decimals, rounded once per line) and writes it to the store as a
-//! draft record, through a bounded channel and a writer task (the actor never awaits the store).
+//! deviation penalty, regulation capacity and mileage, demand response; exact decimals,
+//! rounded once per line) and writes it to the store as a draft record, through a bounded
+//! channel and a writer task (the actor never awaits the store).
 //!
-//! Inputs come from the aggregation's Dispatch actor ([`ToSettlement::Delivered`]): the ended
-//! interval's positions per market, the metered delivery and each resource's schedule and
-//! delivery. Positions become the engine's cleared quantities: day-ahead markets the
-//! `day_ahead` line, real-time and capacity-lease markets the `real_time` line; the quantity is
-//! the net sold MW and the price the net value over it (a position netting to 0 MW settles
-//! nothing). Regulation, reserve and demand-response positions carry no capacity or mileage
-//! price here and are logged, not settled.
+//! Inputs:
+//! - from the aggregation's Dispatch actor ([`ToSettlement::Delivered`]): the ended interval's
+//!   positions per market, the metered delivery and each resource's schedule and delivery;
+//! - from the MarketConnector ([`ToSettlement::Announced`]): what the venue announced for
+//!   regulation and demand-response intervals (the ancillary result's mileage price, the DR
+//!   invitation's price), kept per (interval, market) until that interval is settled or is a
+//!   day behind the newest announcement, at most [`MAX_ANNOUNCED`] (beyond that the oldest is
+//!   dropped, counted and logged).
+//!
+//! Positions become the engine's inputs by their market's kind (a quantity is the net sold MW):
+//! - day-ahead: the `day_ahead` line; real-time and capacity lease: the `real_time` line; the
+//!   price is the net value over the net MW (a position netting to 0 MW settles nothing);
+//! - regulation: capacity MW = the net sold MW, capacity price = the position's own fill price
+//!   (net value / net MW: the venue fills regulation offers at the capacity clearing price,
+//!   quoted per MW of capacity and taken as CNY/MW·h, so a line is MW × 0.25 h × price).
+//!   **Mileage rule**: the venue sends no AGC signal, so no mileage is measured; the mileage
+//!   paid is a deemed one, `mileage MW = capacity MW × [settlement]
+//!   regulation_mileage_mw_per_mw` (default 0: no mileage is paid unless the operator states a
+//!   ratio), at the mileage price the venue announced with that interval's ancillary result.
+//!   Without an announcement the market's mileage is not settled (0 MW; counted, logged);
+//! - demand response: committed MWh = net sold MW × 0.25 h, price = the invitation's announced
+//!   price (without one, the fill price, which the venue sets to the invitation's price);
+//! - several markets of one kind are summed, prices weighted by MW;
+//! - reserve positions (no line in the engine), positions in unknown markets, and regulation or
+//!   DR positions netting to a purchase are not settled: counted in
+//!   `vpp_settlement_unsettled_total{aggregation,what}` and logged at warn.
+//!
+//! **Delivery split.** The Dispatch actor dispatches one award, the net sold MW summed over
+//! every market (regulation and DR included), and meters one delivery. That delivery is split
+//! pro rata to the scheduled MW: with `S` the total and `E` / `D` the energy and DR parts,
+//! energy is judged on `delivered × E / S` (the deviation penalty) and DR is paid on
+//! `curtailed = delivered × D / S` MW (× 0.25 h, at most the committed MWh, never below 0).
+//! The regulation (and reserve) part is neither energy nor curtailment and is not settled as
+//! such. With energy alone this is the whole delivery, as before. If `S` is 0 while DR was
+//! committed the delivery cannot be split: energy takes all of it, DR none (counted, logged).
 //!
 //! A stored record holds one interval: `trading_day` is the interval's local day in its
-//! market's time zone, `market_id` the real-time market if one was traded (else day-ahead),
-//! `total_cny` the net (revenue + penalties), its lines are the engine's lines then one
-//! `resource_share` line per resource (quantity = energy MWh, amount = net share), and
-//! `detail` holds the engine record as JSON (status `draft`, the penalty rule and the rates
-//! table), so the statement can always be reproduced.
+//! market's time zone, `market_id` the real-time market if one was traded (else day-ahead,
+//! else regulation, else demand response), `total_cny` the net (revenue + penalties), its
+//! lines are the engine's lines then one `resource_share` line per resource (quantity =
+//! energy MWh, amount = net share), and `detail` holds the engine record as JSON (status
+//! `draft`, the penalty rule and the rates table), so the statement can always be reproduced.
 //!
 //! Invariants: a record the writer channel cannot take is counted
 //! (`vpp_settlement_records_total{result="overflow"}`) and logged at error, never silently
-//! lost; an interval the engine refuses is counted (`result="refused"`) and logged.
+//! lost; an interval the engine refuses is counted (`result="refused"`) and logged; nothing a
+//! position carries is dropped without a count and a log line.
 
 use crate::mailbox::{Refusable, Refused};
 use crate::metrics::{Counter, Gauge, Metrics};
@@ -35,15 +65,27 @@ use vpp_engine::ids::{AggregationId, MarketId, ResourceId};
 use vpp_engine::market::{DeliveryInterval, Market, MarketKind};
 use vpp_engine::position::Position;
 use vpp_engine::settlement::{
-    Cleared, Currency, DayInput, IntervalInput, PenaltyRule, RatesTable, ResourceDelivery,
-    ResourceInfo, SettlementRecord,
+    Cleared, Currency, DayInput, DemandResponseEvent, IntervalInput, PenaltyRule, RatesTable,
+    RegulationAward, ResourceDelivery, ResourceInfo, SettlementRecord,
 };
+use vpp_engine::strategy::MarketData;
 use vpp_engine::template::ResourceKind;
 use vpp_persistence::{SettlementLine as StoredLine, SettlementRecord as StoredRecord, Store};
 
 /// Counter of settlement records (label `result`: `queued`, `overflow`, `refused`, `written`,
 /// `failed`).
 pub const RECORDS_TOTAL: &str = "vpp_settlement_records_total";
+/// Counter of things a position or announcement carried that could not be settled (labels
+/// `aggregation`, `what`: `unknown_market`, `reserve`, `regulation_bought`, `dr_bought`,
+/// `mileage_price_unknown`, `delivery_unsplit`, `announcement_dropped`).
+pub const UNSETTLED_TOTAL: &str = "vpp_settlement_unsettled_total";
+/// Most venue announcements kept per Settlement actor.
+pub const MAX_ANNOUNCED: usize = 4_096;
+/// Age (behind the newest announcement) at which an unused announcement is let go, seconds.
+const STALE_ANNOUNCEMENT_S: i64 = 86_400;
+
+/// Hours in one delivery interval.
+const INTERVAL_HOURS: Decimal = Decimal::from_parts(25, 0, 0, false, 2);
 
 /// One ended interval of one aggregation, as delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,18 +98,88 @@ pub struct IntervalDelivery {
     pub resources: Vec<ResourceDelivery>,
 }
 
+/// What the venue announced for one interval of a regulation or demand-response market.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    /// A regulation clearing (the ancillary result): the mileage price paid per MW of mileage.
+    Regulation {
+        market: MarketId,
+        interval: DeliveryInterval,
+        mileage_price_cny_per_mw: Decimal,
+    },
+    /// A demand-response invitation: the price paid per MWh of load reduction.
+    DemandResponse {
+        market: MarketId,
+        interval: DeliveryInterval,
+        event_id: u64,
+        price_cny_per_mwh: Decimal,
+    },
+}
+
+impl Announcement {
+    /// The announcement a market data item carries, if any (ancillary results, DR invitations).
+    pub fn from_market_data(d: &MarketData) -> Option<Self> {
+        match *d {
+            MarketData::AncillaryResult {
+                market,
+                interval,
+                mileage_price_cny_per_mw,
+                ..
+            } => Some(Self::Regulation {
+                market,
+                interval,
+                mileage_price_cny_per_mw,
+            }),
+            MarketData::DrInvitation {
+                market,
+                interval,
+                event_id,
+                price_cny_per_mwh,
+                ..
+            } => Some(Self::DemandResponse {
+                market,
+                interval,
+                event_id,
+                price_cny_per_mwh,
+            }),
+            _ => None,
+        }
+    }
+
+    fn key(&self) -> (DeliveryInterval, MarketId) {
+        match *self {
+            Self::Regulation {
+                market, interval, ..
+            }
+            | Self::DemandResponse {
+                market, interval, ..
+            } => (interval, market),
+        }
+    }
+}
+
 /// Everything the Settlement actor receives.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), Refused>")]
 pub enum ToSettlement {
     Delivered(IntervalDelivery),
+    Announced(Announcement),
 }
 
 impl Refusable for ToSettlement {
     fn refuse(self, reason: &Refused) {
-        let ToSettlement::Delivered(d) = &self;
-        tracing::error!(reason = %reason, aggregation = %d.aggregation_id, interval = %d.interval,
-            "delivered interval refused by settlement: not settled");
+        match &self {
+            ToSettlement::Delivered(d) => {
+                tracing::error!(reason = %reason, aggregation = %d.aggregation_id,
+                    interval = %d.interval, "delivered interval refused by settlement: not settled");
+            }
+            ToSettlement::Announced(a) => {
+                let (interval, market) = a.key();
+                tracing::warn!(reason = %reason, %interval, %market,
+                    "venue announcement refused by settlement: the interval settles without it \
+                     (mileage unpaid, DR at its fill price)");
+            }
+        }
     }
 }
 
@@ -143,11 +255,35 @@ pub struct SettlementWiring {
     pub metrics: Metrics,
     pub rule: PenaltyRule,
     pub rates: RatesTable,
+    /// Deemed regulation mileage, MW of mileage per MW of capacity per interval (see the
+    /// module docs: the venue sends no AGC signal).
+    pub regulation_mileage_mw_per_mw: Decimal,
     /// Every market of the park, by id (kind and time zone).
     pub markets: HashMap<MarketId, Market>,
     /// The kind of every member resource.
     pub kinds: BTreeMap<ResourceId, ResourceKind>,
     pub writer: SettlementWriter,
+}
+
+/// Net sold MW and net value (MW × price) of one market's position.
+#[derive(Debug, Clone, Copy, Default)]
+struct Net {
+    mw: Decimal,
+    value: Decimal,
+}
+
+impl Net {
+    fn of(p: &Position) -> Self {
+        Self {
+            mw: p.net_sold_mw(),
+            value: p.sold_value - p.bought_value,
+        }
+    }
+
+    fn add(&mut self, other: Net) {
+        self.mw += other.mw;
+        self.value += other.value;
+    }
 }
 
 #[derive(Clone)]
@@ -159,6 +295,8 @@ pub struct SettlementLogic {
     penalties_gauge: Gauge,
     refused: Counter,
     last: Option<SettlementRecord>,
+    /// Venue announcements by (interval, market), until their interval is settled.
+    announced: BTreeMap<(DeliveryInterval, MarketId), Announcement>,
 }
 
 impl SettlementLogic {
@@ -171,6 +309,7 @@ impl SettlementLogic {
             revenue_cny: Decimal::ZERO,
             penalties_cny: Decimal::ZERO,
             last: None,
+            announced: BTreeMap::new(),
             w,
         }
     }
@@ -185,47 +324,189 @@ impl SettlementLogic {
         self.last.as_ref()
     }
 
-    /// The engine's input for one delivered interval, and the market the record is filed under.
+    /// Venue announcements held for intervals not settled yet.
+    pub fn announcements(&self) -> usize {
+        self.announced.len()
+    }
+
+    /// Counts and logs something that cannot be settled.
+    fn unsettled(&self, what: &str, interval: DeliveryInterval, detail: &str) {
+        let counter = self.w.metrics.counter(
+            UNSETTLED_TOTAL,
+            &[("aggregation", self.w.name.as_str()), ("what", what)],
+        );
+        counter.inc();
+        tracing::warn!(aggregation = %self.w.name, %interval, what, total = counter.get(),
+            "{detail}: not settled");
+    }
+
+    /// Keeps a venue announcement until its interval is settled. Announcements of intervals
+    /// a day older than the newest one are let go: their intervals were delivered long ago
+    /// (the Dispatch actor hands every interval with a position over when the next starts),
+    /// so this aggregation had nothing to settle with them.
+    pub fn announce(&mut self, a: Announcement) {
+        let (interval, _) = a.key();
+        if let Some(cutoff) = interval.epoch_seconds().checked_sub(STALE_ANNOUNCEMENT_S) {
+            if let Ok(cutoff) = DeliveryInterval::from_epoch_seconds(cutoff) {
+                self.announced = self.announced.split_off(&(cutoff, MarketId(0)));
+            }
+        }
+        self.announced.insert(a.key(), a);
+        while self.announced.len() > MAX_ANNOUNCED {
+            if let Some(((interval, market), _)) = self.announced.pop_first() {
+                self.unsettled(
+                    "announcement_dropped",
+                    interval,
+                    &format!(
+                        "announcement of market {market} dropped: more than {MAX_ANNOUNCED} held"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The engine's input for one delivered interval, and the market the record is filed under
+    /// (rules in the module docs).
     pub fn day_input(&self, d: &IntervalDelivery) -> Option<(DayInput, MarketId)> {
-        let mut day_ahead: Option<(Decimal, Decimal, MarketId)> = None;
-        let mut real_time: Option<(Decimal, Decimal, MarketId)> = None;
+        let iv = d.interval;
+        let mut day_ahead: Option<(Net, MarketId)> = None;
+        let mut real_time: Option<(Net, MarketId)> = None;
+        let mut regulation: Vec<(MarketId, Net)> = Vec::new();
+        let mut demand: Vec<(MarketId, Net)> = Vec::new();
+        // The award the Dispatch actor dispatched: Σ net sold MW over every market.
+        let mut scheduled_mw = Decimal::ZERO;
         let mut tz = None;
         for (market_id, p) in &d.positions {
+            let net = Net::of(p);
+            scheduled_mw += net.mw;
             let Some(m) = self.w.markets.get(market_id) else {
-                tracing::warn!(aggregation = %self.w.name, market = %market_id,
-                    "position in an unknown market not settled");
+                self.unsettled(
+                    "unknown_market",
+                    iv,
+                    &format!("position of {} MW in unknown market {market_id}", net.mw),
+                );
                 continue;
             };
             let slot = match m.kind {
                 MarketKind::DayAhead => &mut day_ahead,
                 MarketKind::RealTime | MarketKind::CapacityLease => &mut real_time,
-                other => {
-                    tracing::warn!(aggregation = %self.w.name, market = %m.name, kind = ?other,
-                        "position carries no capacity or mileage price: not settled");
+                MarketKind::Regulation | MarketKind::DemandResponse if net.mw <= Decimal::ZERO => {
+                    if !net.mw.is_zero() || !net.value.is_zero() {
+                        let what = if m.kind == MarketKind::Regulation {
+                            "regulation_bought"
+                        } else {
+                            "dr_bought"
+                        };
+                        self.unsettled(
+                            what,
+                            iv,
+                            &format!(
+                                "position in {} nets to {} MW (value {}): a purchase is not an \
+                                 award",
+                                m.name, net.mw, net.value
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                MarketKind::Regulation => {
+                    tz.get_or_insert(m.timezone);
+                    regulation.push((*market_id, net));
+                    continue;
+                }
+                MarketKind::DemandResponse => {
+                    tz.get_or_insert(m.timezone);
+                    demand.push((*market_id, net));
+                    continue;
+                }
+                MarketKind::Reserve => {
+                    self.unsettled(
+                        "reserve",
+                        iv,
+                        &format!(
+                            "reserve position of {} MW in {}: the engine has no reserve line",
+                            net.mw, m.name
+                        ),
+                    );
                     continue;
                 }
             };
             tz.get_or_insert(m.timezone);
-            let e = slot.get_or_insert((Decimal::ZERO, Decimal::ZERO, *market_id));
-            e.0 += p.net_sold_mw();
-            e.1 += p.sold_value - p.bought_value;
+            slot.get_or_insert((Net::default(), *market_id)).0.add(net);
         }
-        let cleared = |x: Option<(Decimal, Decimal, MarketId)>| {
-            x.filter(|(mw, _, _)| !mw.is_zero())
-                .map(|(mw, value, _)| Cleared {
-                    quantity_mw: mw,
-                    price_cny_per_mwh: value / mw,
-                })
+        let cleared = |x: Option<(Net, MarketId)>| {
+            x.filter(|(n, _)| !n.mw.is_zero()).map(|(n, _)| Cleared {
+                quantity_mw: n.mw,
+                price_cny_per_mwh: n.value / n.mw,
+            })
         };
-        let market_id = real_time.or(day_ahead).map(|(_, _, id)| id)?;
+        let market_id = real_time
+            .or(day_ahead)
+            .map(|(_, id)| id)
+            .or_else(|| regulation.first().map(|(id, _)| *id))
+            .or_else(|| demand.first().map(|(id, _)| *id))?;
         let tz = tz?;
+
+        // The delivery split (module docs).
+        let energy_mw = day_ahead.map_or(Decimal::ZERO, |(n, _)| n.mw)
+            + real_time.map_or(Decimal::ZERO, |(n, _)| n.mw);
+        let dr_mw: Decimal = demand.iter().map(|(_, n)| n.mw).sum();
+        let share = |part_mw: Decimal| {
+            d.delivered_mw
+                .checked_mul(part_mw)
+                .and_then(|x| x.checked_div(scheduled_mw))
+        };
+        let split = match (share(energy_mw), share(dr_mw)) {
+            (Some(e), Some(c)) if !scheduled_mw.is_zero() => Some((e, c)),
+            _ => None,
+        };
+        let (energy_delivered_mw, curtailed_mw) = if scheduled_mw == energy_mw && dr_mw.is_zero() {
+            (d.delivered_mw, Decimal::ZERO)
+        } else if let Some(split) = split {
+            split
+        } else {
+            if !dr_mw.is_zero() {
+                self.unsettled(
+                    "delivery_unsplit",
+                    iv,
+                    &format!(
+                        "the award of {scheduled_mw} MW with {dr_mw} MW of demand response \
+                         cannot split the delivery of {} MW pro rata: energy takes it, no \
+                         curtailment",
+                        d.delivered_mw
+                    ),
+                );
+            }
+            (d.delivered_mw, Decimal::ZERO)
+        };
+
+        let regulation = self.regulation_award(iv, &regulation);
+        let demand_response = (!demand.is_empty()).then(|| {
+            let (mut committed_mw, mut value) = (Decimal::ZERO, Decimal::ZERO);
+            for (market, net) in &demand {
+                let price = match self.announced.get(&(iv, *market)) {
+                    Some(Announcement::DemandResponse {
+                        price_cny_per_mwh, ..
+                    }) => *price_cny_per_mwh,
+                    _ => net.value / net.mw,
+                };
+                committed_mw += net.mw;
+                value += net.mw * price;
+            }
+            DemandResponseEvent {
+                committed_mwh: committed_mw * INTERVAL_HOURS,
+                curtailed_mwh: curtailed_mw * INTERVAL_HOURS,
+                price_cny_per_mwh: value / committed_mw,
+            }
+        });
+
         let input = IntervalInput {
-            interval: d.interval,
+            interval: iv,
             day_ahead: cleared(day_ahead),
             real_time: cleared(real_time),
-            delivered_mw: d.delivered_mw,
-            regulation: None,
-            demand_response: None,
+            delivered_mw: energy_delivered_mw,
+            regulation,
+            demand_response,
             resources: d
                 .resources
                 .iter()
@@ -236,22 +517,75 @@ impl SettlementLogic {
         let resources = input
             .resources
             .iter()
-            .map(|r| ResourceInfo {
-                resource_id: r.resource_id,
-                kind: self.w.kinds[&r.resource_id].clone(),
+            .filter_map(|r| {
+                self.w.kinds.get(&r.resource_id).map(|kind| ResourceInfo {
+                    resource_id: r.resource_id,
+                    kind: kind.clone(),
+                })
             })
             .collect();
         let day = DayInput {
             aggregation_id: d.aggregation_id,
-            trading_day: d.interval.trading_day(tz),
+            trading_day: iv.trading_day(tz),
             resources,
             intervals: vec![input],
         };
         Some((day, market_id))
     }
 
+    /// The regulation award of the interval from its (positive) regulation positions.
+    fn regulation_award(
+        &self,
+        iv: DeliveryInterval,
+        positions: &[(MarketId, Net)],
+    ) -> Option<RegulationAward> {
+        if positions.is_empty() {
+            return None;
+        }
+        let ratio = self.w.regulation_mileage_mw_per_mw;
+        let (mut capacity_mw, mut capacity_value) = (Decimal::ZERO, Decimal::ZERO);
+        // Capacity of the markets whose mileage price is known, and Σ capacity × price.
+        let (mut priced_mw, mut mileage_value) = (Decimal::ZERO, Decimal::ZERO);
+        for (market, net) in positions {
+            capacity_mw += net.mw;
+            capacity_value += net.value;
+            match self.announced.get(&(iv, *market)) {
+                Some(Announcement::Regulation {
+                    mileage_price_cny_per_mw,
+                    ..
+                }) => {
+                    priced_mw += net.mw;
+                    mileage_value += net.mw * *mileage_price_cny_per_mw;
+                }
+                _ if ratio.is_zero() => {}
+                _ => self.unsettled(
+                    "mileage_price_unknown",
+                    iv,
+                    &format!(
+                        "no ancillary result received for market {market}: the mileage of its \
+                         {} MW",
+                        net.mw
+                    ),
+                ),
+            }
+        }
+        Some(RegulationAward {
+            capacity_mw,
+            capacity_price_cny_per_mw_h: capacity_value / capacity_mw,
+            mileage_mw: priced_mw * ratio,
+            mileage_price_cny_per_mw: if priced_mw.is_zero() {
+                Decimal::ZERO
+            } else {
+                mileage_value / priced_mw
+            },
+        })
+    }
+
     fn settle(&mut self, d: &IntervalDelivery) {
-        let Some((day, market_id)) = self.day_input(d) else {
+        let settled = self.day_input(d);
+        // Announcements up to this interval are of no further use.
+        self.announced.retain(|(i, _), _| *i > d.interval);
+        let Some((day, market_id)) = settled else {
             return;
         };
         let record = match SettlementRecord::settle(&day, &self.w.rule, self.w.rates) {
@@ -349,6 +683,7 @@ impl Handles<ToSettlement> for SettlementLogic {
                 tracing::warn!(aggregation = %self.w.name, other = %d.aggregation_id,
                     "delivery of another aggregation ignored");
             }
+            ToSettlement::Announced(a) => self.announce(a),
         }
         Ok(())
     }
@@ -358,7 +693,9 @@ impl Handles<ToSettlement> for SettlementLogic {
 mod tests {
     //! The Settlement actor end to end against a store: delivered intervals sent to the running
     //! actor become draft records whose numbers are the engine's for the same interval, a
-    //! clean delivery without penalty and an under-delivery beyond the band with one.
+    //! clean delivery without penalty and an under-delivery beyond the band with one; regulation
+    //! and demand-response intervals become their capacity, mileage and DR lines (numbers by
+    //! hand). `day_input` alone: the delivery split, the price sources, what is not settled.
     use super::*;
     use crate::supervisor::{Runtime, SupervisedActor, SupervisorSpec};
     use chrono::TimeZone;
@@ -370,6 +707,9 @@ mod tests {
     const AGG: AggregationId = AggregationId(3);
     const RT: MarketId = MarketId(1);
     const DA: MarketId = MarketId(2);
+    const REG: MarketId = MarketId(4);
+    const DR: MarketId = MarketId(5);
+    const RES: MarketId = MarketId(6);
 
     fn market(id: MarketId, kind: MarketKind) -> Market {
         Market {
@@ -429,6 +769,7 @@ mod tests {
             metrics: rt.metrics.clone(),
             rule: rule(),
             rates,
+            regulation_mileage_mw_per_mw: Decimal::ZERO,
             markets: HashMap::from([
                 (RT, market(RT, MarketKind::RealTime)),
                 (DA, market(DA, MarketKind::DayAhead)),
@@ -583,5 +924,388 @@ mod tests {
             .collect();
         assert_eq!(penalty, vec![d(-1050, 2)]);
         assert_eq!(stored[1].total_cny, d(8950, 2));
+    }
+
+    fn rates_at(at: vpp_engine::Timestamp) -> RatesTable {
+        RatesTable {
+            cny_per_usd: d(72, 1),
+            cny_per_eur: d(78, 1),
+            as_of: at,
+        }
+    }
+
+    fn all_markets() -> HashMap<MarketId, Market> {
+        HashMap::from([
+            (RT, market(RT, MarketKind::RealTime)),
+            (DA, market(DA, MarketKind::DayAhead)),
+            (REG, market(REG, MarketKind::Regulation)),
+            (DR, market(DR, MarketKind::DemandResponse)),
+            (RES, market(RES, MarketKind::Reserve)),
+        ])
+    }
+
+    fn wiring(
+        clock: &ManualClock,
+        metrics: &Metrics,
+        writer: SettlementWriter,
+        mileage_mw_per_mw: Decimal,
+    ) -> SettlementWiring {
+        SettlementWiring {
+            aggregation_id: AGG,
+            name: "agg".into(),
+            clock: Arc::new(clock.clone()),
+            metrics: metrics.clone(),
+            rule: rule(),
+            rates: rates_at(clock.now()),
+            regulation_mileage_mw_per_mw: mileage_mw_per_mw,
+            markets: all_markets(),
+            kinds: BTreeMap::from([
+                (ResourceId(1), ResourceKind::Storage),
+                (ResourceId(2), ResourceKind::FlexibleLoad),
+            ]),
+            writer,
+        }
+    }
+
+    fn delivery(
+        interval: DeliveryInterval,
+        positions: Vec<(MarketId, Position)>,
+        delivered_mw: Decimal,
+    ) -> IntervalDelivery {
+        let half = delivered_mw / Decimal::TWO;
+        IntervalDelivery {
+            aggregation_id: AGG,
+            interval,
+            positions,
+            delivered_mw,
+            resources: [1, 2]
+                .map(|r| ResourceDelivery {
+                    resource_id: ResourceId(r),
+                    scheduled_mw: half,
+                    delivered_mw: half,
+                })
+                .to_vec(),
+        }
+    }
+
+    fn reg_announced(interval: DeliveryInterval, mileage: i64) -> Announcement {
+        Announcement::Regulation {
+            market: REG,
+            interval,
+            mileage_price_cny_per_mw: Decimal::from(mileage),
+        }
+    }
+
+    fn dr_invited(interval: DeliveryInterval, price: i64) -> Announcement {
+        Announcement::DemandResponse {
+            market: DR,
+            interval,
+            event_id: 7,
+            price_cny_per_mwh: Decimal::from(price),
+        }
+    }
+
+    /// (kind, quantity, price, amount) of a stored record's engine lines.
+    fn engine_lines(r: &StoredRecord) -> Vec<(String, Decimal, Decimal, Decimal)> {
+        r.lines
+            .iter()
+            .filter(|l| l.kind != "resource_share")
+            .map(|l| {
+                (
+                    l.kind.clone(),
+                    l.quantity_mwh.normalize(),
+                    l.price_cny_per_mwh.normalize(),
+                    l.amount_cny,
+                )
+            })
+            .collect()
+    }
+
+    fn line(
+        kind: LineKind,
+        q: Decimal,
+        p: Decimal,
+        amount: Decimal,
+    ) -> (String, Decimal, Decimal, Decimal) {
+        (
+            kind.as_str().to_owned(),
+            q.normalize(),
+            p.normalize(),
+            amount,
+        )
+    }
+
+    #[actix::test]
+    async fn regulation_and_demand_response_intervals_are_stored_with_their_lines() {
+        let start = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
+        let clock = ManualClock::new(start);
+        let rt = Runtime::new(Arc::new(clock.clone()));
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let (writer, _) = SettlementWriter::spawn(store.clone(), 16, &rt.metrics);
+        // Deemed mileage: 0.5 MW of mileage per MW of capacity.
+        let w = wiring(&clock, &rt.metrics, writer, d(5, 1));
+        let actor = SupervisedActor::new(
+            SupervisorSpec::new("settlement/agg").mailbox_capacity(16),
+            rt.clone(),
+            SettlementLogic::new(w),
+            |s: &SettlementLogic| Ok(s.clone()),
+        )
+        .unwrap()
+        .start();
+
+        let first = DeliveryInterval::containing(start);
+        let second = first.next();
+        let third = second.next();
+        let messages = [
+            // What the connector forwards: the regulation clearing and two DR invitations.
+            ToSettlement::Announced(reg_announced(first, 12)),
+            ToSettlement::Announced(dr_invited(second, 800)),
+            ToSettlement::Announced(dr_invited(third, 800)),
+            // 2 MW of regulation capacity cleared at 30; the fleet was dispatched the 2 MW.
+            ToSettlement::Delivered(delivery(
+                first,
+                vec![(REG, sold(Decimal::TWO, 30))],
+                Decimal::TWO,
+            )),
+            // 1 MW of DR, filled at the invitation's 800, curtailed in full.
+            ToSettlement::Delivered(delivery(
+                second,
+                vec![(DR, sold(Decimal::ONE, 800))],
+                Decimal::ONE,
+            )),
+            // 1 MW day-ahead at 300 and 1 MW of DR at 800: 1.5 MW delivered for the 2 MW.
+            ToSettlement::Delivered(delivery(
+                third,
+                vec![(DA, sold(Decimal::ONE, 300)), (DR, sold(Decimal::ONE, 800))],
+                d(15, 1),
+            )),
+        ];
+        for m in messages {
+            actor.sender().try_send(m).unwrap();
+        }
+
+        let day = first.trading_day(chrono_tz::Asia::Shanghai);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let stored = loop {
+            let records = store.list_settlements(day, 10).await.unwrap();
+            if records.len() == 3 {
+                break records;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "records stored: {}",
+                records.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let by_interval = |i: DeliveryInterval| {
+            stored
+                .iter()
+                .find(|r| r.lines.iter().any(|l| l.interval == Some(i)))
+                .unwrap_or_else(|| panic!("no record for {i}"))
+        };
+
+        // Regulation, by hand: capacity 2 MW × 0.25 h × 30 = 15.00; deemed mileage 2 × 0.5 =
+        // 1 MW × 12 CNY/MW = 12.00; no energy award, so no penalty.
+        let reg = by_interval(first);
+        assert_eq!(reg.market_id, REG);
+        assert_eq!(
+            engine_lines(reg),
+            vec![
+                line(
+                    LineKind::RegulationCapacity,
+                    d(5, 1),
+                    Decimal::from(30),
+                    d(1500, 2)
+                ),
+                line(
+                    LineKind::RegulationMileage,
+                    Decimal::ONE,
+                    Decimal::from(12),
+                    d(1200, 2)
+                ),
+            ]
+        );
+        assert_eq!(reg.total_cny, d(2700, 2));
+
+        // DR, by hand: committed 1 MW × 0.25 h; curtailed 1 MW × 0.25 h = 0.25 MWh × 800 =
+        // 200.00.
+        let dr = by_interval(second);
+        assert_eq!(dr.market_id, DR);
+        assert_eq!(
+            engine_lines(dr),
+            vec![line(
+                LineKind::DemandResponse,
+                d(25, 2),
+                Decimal::from(800),
+                d(20000, 2)
+            )]
+        );
+        assert_eq!(dr.total_cny, d(20000, 2));
+
+        // Energy and DR share the 1.5 MW pro rata to their 1 MW each: energy 0.75 MW against
+        // 1 MW awarded (excess (0.25 − 0.03) MW × 0.25 h × 300 × 1.5 = 24.75 penalty), DR
+        // 0.75 MW × 0.25 h = 0.1875 MWh × 800 = 150.00; energy 1 × 0.25 × 300 = 75.00.
+        let mixed = by_interval(third);
+        assert_eq!(mixed.market_id, DA);
+        assert_eq!(
+            engine_lines(mixed),
+            vec![
+                line(LineKind::Energy, d(25, 2), Decimal::from(300), d(7500, 2)),
+                line(
+                    LineKind::DeviationPenalty,
+                    d(55, 3),
+                    Decimal::from(450),
+                    d(-2475, 2)
+                ),
+                line(
+                    LineKind::DemandResponse,
+                    d(1875, 4),
+                    Decimal::from(800),
+                    d(15000, 2)
+                ),
+            ]
+        );
+        assert_eq!(mixed.total_cny, d(20025, 2));
+        for r in &stored {
+            let shares: Decimal = r
+                .lines
+                .iter()
+                .filter(|l| l.kind == "resource_share")
+                .map(|l| l.amount_cny)
+                .sum();
+            assert_eq!(shares, r.total_cny, "resource shares add up to the net");
+        }
+    }
+
+    #[test]
+    fn prices_come_from_the_announcements_else_the_fills_and_gaps_are_counted() {
+        let start = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
+        let clock = ManualClock::new(start);
+        let metrics = Metrics::new();
+        let unsettled = |what: &str| {
+            metrics
+                .counter(UNSETTLED_TOTAL, &[("aggregation", "agg"), ("what", what)])
+                .get()
+        };
+        let mut logic = SettlementLogic::new(wiring(
+            &clock,
+            &metrics,
+            SettlementWriter::disabled(),
+            Decimal::ONE,
+        ));
+        let iv = DeliveryInterval::containing(start);
+        let input = |logic: &SettlementLogic, positions, delivered| {
+            let (day, market) = logic
+                .day_input(&delivery(iv, positions, delivered))
+                .expect("something to settle");
+            (day.intervals[0].clone(), market)
+        };
+
+        // No announcement: DR at its fill price, regulation mileage unknown (0 MW, counted).
+        let (i, market) = input(
+            &logic,
+            vec![(REG, sold(Decimal::TWO, 30)), (DR, sold(Decimal::ONE, 700))],
+            Decimal::from(3),
+        );
+        assert_eq!(market, REG);
+        assert_eq!(
+            i.regulation,
+            Some(RegulationAward {
+                capacity_mw: Decimal::TWO,
+                capacity_price_cny_per_mw_h: Decimal::from(30),
+                mileage_mw: Decimal::ZERO,
+                mileage_price_cny_per_mw: Decimal::ZERO,
+            })
+        );
+        let dr = i.demand_response.unwrap();
+        assert_eq!(dr.price_cny_per_mwh, Decimal::from(700));
+        assert_eq!(dr.committed_mwh, d(25, 2));
+        // 3 MW delivered for 3 MW scheduled: DR's third is 1 MW.
+        assert_eq!(dr.curtailed_mwh, d(25, 2));
+        assert_eq!(
+            i.delivered_mw,
+            Decimal::ZERO,
+            "no energy award, no energy share"
+        );
+        assert_eq!(unsettled("mileage_price_unknown"), 1);
+
+        // Announced: the invitation's price and the announced mileage price.
+        logic.announce(reg_announced(iv, 12));
+        logic.announce(dr_invited(iv, 800));
+        let (i, _) = input(
+            &logic,
+            vec![(REG, sold(Decimal::TWO, 30)), (DR, sold(Decimal::ONE, 700))],
+            Decimal::from(3),
+        );
+        let reg = i.regulation.unwrap();
+        assert_eq!(
+            (reg.mileage_mw, reg.mileage_price_cny_per_mw),
+            (Decimal::TWO, Decimal::from(12))
+        );
+        assert_eq!(
+            i.demand_response.unwrap().price_cny_per_mwh,
+            Decimal::from(800)
+        );
+        assert_eq!(unsettled("mileage_price_unknown"), 1);
+
+        // Purchases in regulation and DR, reserve: not settled, each counted; energy alone
+        // takes its pro-rata share of the delivery (1 MW of 2 MW scheduled).
+        let mut bought = Position::default();
+        bought.apply_fill(Side::Buy, Decimal::ONE, Decimal::from(30));
+        let (i, market) = input(
+            &logic,
+            vec![
+                (RT, sold(Decimal::TWO, 400)),
+                (REG, bought.clone()),
+                (DR, bought),
+                (RES, sold(Decimal::TWO, 10)),
+            ],
+            Decimal::ONE,
+        );
+        assert_eq!(market, RT);
+        assert_eq!((i.regulation, i.demand_response), (None, None));
+        assert_eq!(
+            i.delivered_mw,
+            Decimal::ONE,
+            "1 MW × 2 MW energy / 2 MW scheduled"
+        );
+        for what in ["regulation_bought", "dr_bought", "reserve"] {
+            assert_eq!(unsettled(what), 1, "{what}");
+        }
+
+        // A 0 MW award with DR committed cannot be split: energy takes the delivery.
+        let (i, _) = input(
+            &logic,
+            vec![
+                (DA, {
+                    let mut p = Position::default();
+                    p.apply_fill(Side::Buy, Decimal::ONE, Decimal::from(300));
+                    p
+                }),
+                (DR, sold(Decimal::ONE, 800)),
+            ],
+            d(5, 1),
+        );
+        assert_eq!(i.delivered_mw, d(5, 1));
+        assert_eq!(i.demand_response.unwrap().curtailed_mwh, Decimal::ZERO);
+        assert_eq!(unsettled("delivery_unsplit"), 1);
+
+        // Settling the interval lets its announcements go; a day-old one goes on the next.
+        let later = DeliveryInterval::containing(start + chrono::Duration::hours(2));
+        logic.announce(reg_announced(later, 12));
+        assert_eq!(logic.announcements(), 3);
+        logic.settle(&delivery(
+            iv,
+            vec![(REG, sold(Decimal::ONE, 30))],
+            Decimal::ONE,
+        ));
+        assert_eq!(logic.announcements(), 1);
+        logic.announce(dr_invited(iv, 800));
+        let next_day = DeliveryInterval::containing(start + chrono::Duration::hours(27));
+        logic.announce(reg_announced(next_day, 12));
+        assert_eq!(logic.announcements(), 1, "day-old announcements let go");
+        assert_eq!(unsettled("announcement_dropped"), 0);
     }
 }
