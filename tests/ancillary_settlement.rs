@@ -178,6 +178,17 @@ fn regulation_and_demand_response_awards_are_settled_by_the_daemon() {
             .map(|l| l.amount_cny)
             .sum();
         assert_eq!(sum, r.total_cny, "a record's lines add up to its total");
+        // Shown with --nocapture: what the daemon paid.
+        for l in r
+            .lines
+            .iter()
+            .filter(|l| l.kind.starts_with("regulation") || l.kind == "demand_response")
+        {
+            eprintln!(
+                "{} {}: {} × {} = {} CNY",
+                r.aggregation_id, l.kind, l.quantity_mwh, l.price_cny_per_mwh, l.amount_cny
+            );
+        }
         if let Some((capacity_mwh, price, value)) = amount(r, "regulation_capacity") {
             regulation += 1;
             assert!(price > Decimal::ZERO, "{r:?}");
