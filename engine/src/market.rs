@@ -61,6 +61,12 @@ impl MarketKind {
         })
     }
 
+    /// Whether an award here is headroom held for the system operator (regulation, reserve)
+    /// rather than energy to deliver: dispatch schedules no energy for it.
+    pub fn holds_headroom(self) -> bool {
+        matches!(self, MarketKind::Regulation | MarketKind::Reserve)
+    }
+
     /// The product a plain order in this market trades.
     pub fn default_product(self) -> Product {
         match self {

@@ -570,6 +570,12 @@ async fn start_core(
                     own.next().filter(|_| own.next().is_none()).map(|s| s.id)
                 },
             }),
+            headroom_markets: park
+                .markets
+                .iter()
+                .filter(|m| m.kind.holds_headroom())
+                .map(|m| m.id)
+                .collect(),
         };
         let logic = DispatchLogic::new(fleet, w).map_err(|e| anyhow::anyhow!(e))?;
         let handle = SupervisedActor::new(

@@ -8,8 +8,9 @@
 //! - at its start, every member's [`UnitState`] is set from its latest telemetry (baseline =
 //!   metered power, SoC, availability; no telemetry yet: offline). The baselines then stay
 //!   fixed for the interval, as the closed loop requires;
-//! - the award (Σ net sold MW over the markets) is dispatched; a non-zero award's plan is
-//!   tracked. Each telemetry sample of a tracked resource is observed; when one stays outside
+//! - the award (Σ net sold MW over the markets that deliver energy; regulation and reserve
+//!   awards are headroom held for the system operator and dispatch nothing) is dispatched; a
+//!   non-zero award's plan is tracked. Each telemetry sample of a tracked resource is observed; when one stays outside
 //!   the band for N consecutive samples its shortfall is re-dispatched to the others with
 //!   headroom (`DeviationTracker::correct`), sent and journaled with cause `correction`;
 //! - delivery is measured as each member's mean `metered − baseline` over the interval's
@@ -33,7 +34,7 @@ use crate::metrics::{Counter, Metrics};
 use crate::supervisor::{Handles, LogicFault, SupervisedLogic};
 use crate::telemetry::ingest::RateLimit;
 use rust_decimal::Decimal;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 use vpp_engine::clock::Clock;
@@ -179,6 +180,9 @@ pub struct DispatchWiring {
     pub settlement: Option<BoundedSender<ToSettlement>>,
     /// Risk's deviation monitor (none: ended intervals are not graded).
     pub deviation: Option<super::risk::DeviationFeed>,
+    /// Markets whose awards are headroom held for the system operator (regulation, reserve:
+    /// [`vpp_engine::market::MarketKind::holds_headroom`]): no energy is dispatched for them.
+    pub headroom_markets: BTreeSet<MarketId>,
 }
 
 /// What is measured of the interval in force.
@@ -287,13 +291,24 @@ impl DispatchLogic {
         baselines
     }
 
+    /// The energy to deliver: Σ net sold MW over the markets that are not headroom.
+    fn energy_award_mw(&self, markets: &BTreeMap<MarketId, Position>) -> Decimal {
+        markets
+            .iter()
+            .filter(|(id, _)| !self.w.headroom_markets.contains(id))
+            .map(|(_, p)| p.net_sold_mw())
+            .sum()
+    }
+
     fn start_interval(&mut self, interval: DeliveryInterval) {
         let markets = self.positions.get(&interval);
-        let award_mw: Decimal = markets
-            .map(|m| m.values().map(Position::net_sold_mw).sum())
-            .unwrap_or_default();
+        let award_mw = markets.map_or(Decimal::ZERO, |m| self.energy_award_mw(m));
         let market_id = markets
-            .and_then(|m| m.keys().next().copied())
+            .and_then(|m| {
+                m.keys()
+                    .find(|id| !self.w.headroom_markets.contains(id))
+                    .copied()
+            })
             .unwrap_or(MarketId(0));
         let baseline_kw = self.refresh_states();
         // A new interval: the closed loop follows only this interval's plan.
@@ -411,6 +426,7 @@ impl DispatchLogic {
             let delivery = IntervalDelivery {
                 aggregation_id: self.w.aggregation_id,
                 interval: i,
+                award_mw: self.energy_award_mw(&markets),
                 positions: markets.into_iter().collect(),
                 delivered_mw,
                 resources,
@@ -588,6 +604,7 @@ mod tests {
             journal,
             settlement: None,
             deviation: None,
+            headroom_markets: BTreeSet::new(),
         };
         Rig {
             logic: DispatchLogic::new(fleet, w).unwrap(),

@@ -173,8 +173,8 @@ pub struct DeviationFeed {
 impl DeviationFeed {
     pub fn send(&self, d: &super::settlement::IntervalDelivery) {
         let kwh = vpp_risk::storage::KWH_PER_MW_INTERVAL;
-        let awarded_mw: rust_decimal::Decimal =
-            d.positions.iter().map(|(_, p)| p.net_sold_mw()).sum();
+        // The energy award (regulation and reserve hold headroom: not graded as delivery).
+        let awarded_mw = d.award_mw;
         let dispatched_mw: rust_decimal::Decimal = d.resources.iter().map(|r| r.scheduled_mw).sum();
         let sample = vpp_risk::DeliverySample {
             aggregation_id: d.aggregation_id,

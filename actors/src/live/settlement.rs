@@ -15,7 +15,10 @@
 //!
 //! Positions become the engine's inputs by their market's kind (a quantity is the net sold MW):
 //! - day-ahead: the `day_ahead` line; real-time and capacity lease: the `real_time` line; the
-//!   price is the net value over the net MW (a position netting to 0 MW settles nothing);
+//!   price is the net value over the net MW (a position netting to 0 MW settles nothing). The
+//!   engine's real-time quantity is the whole schedule, settled against day-ahead, while the
+//!   live real-time position is what real time added: the quantity passed is day-ahead MW +
+//!   the real-time net MW;
 //! - regulation: capacity MW = the net sold MW, capacity price = the position's own fill price
 //!   (net value / net MW: the venue fills regulation offers at the capacity clearing price,
 //!   quoted per MW of capacity and taken as CNY/MW·h, so a line is MW × 0.25 h × price).
@@ -31,14 +34,15 @@
 //!   DR positions netting to a purchase are not settled: counted in
 //!   `vpp_settlement_unsettled_total{aggregation,what}` and logged at warn.
 //!
-//! **Delivery split.** The Dispatch actor dispatches one award, the net sold MW summed over
-//! every market (regulation and DR included), and meters one delivery. That delivery is split
-//! pro rata to the scheduled MW: with `S` the total and `E` / `D` the energy and DR parts,
-//! energy is judged on `delivered × E / S` (the deviation penalty) and DR is paid on
-//! `curtailed = delivered × D / S` MW (× 0.25 h, at most the committed MWh, never below 0).
-//! The regulation (and reserve) part is neither energy nor curtailment and is not settled as
-//! such. With energy alone this is the whole delivery, as before. If `S` is 0 while DR was
-//! committed the delivery cannot be split: energy takes all of it, DR none (counted, logged).
+//! **Delivery split.** The Dispatch actor dispatches one award, [`IntervalDelivery::award_mw`]:
+//! the net sold MW summed over the markets that deliver energy (energy and DR; regulation and
+//! reserve awards are headroom held for the system operator, so nothing is dispatched or
+//! metered for them), and meters one delivery. Without DR, energy is judged on the whole
+//! delivery. With DR, the delivery is split pro rata to the scheduled MW: with `S` the award
+//! and `E` / `D` the energy and DR parts, energy is judged on `delivered × E / S` (the
+//! deviation penalty) and DR is paid on `curtailed = delivered × D / S` MW (× 0.25 h, at most
+//! the committed MWh, never below 0). If `S` is 0 while DR was committed the delivery cannot
+//! be split: energy takes all of it, DR none (counted, logged).
 //!
 //! A stored record holds one interval: `trading_day` is the interval's local day in its
 //! market's time zone, `market_id` the real-time market if one was traded (else day-ahead,
@@ -93,6 +97,9 @@ pub struct IntervalDelivery {
     pub aggregation_id: AggregationId,
     pub interval: DeliveryInterval,
     pub positions: Vec<(MarketId, Position)>,
+    /// The energy award the Dispatch actor scheduled: Σ net sold MW over the markets that
+    /// deliver energy (regulation and reserve awards hold headroom and are not in it).
+    pub award_mw: Decimal,
     /// The aggregation's metered delivery above its baselines, MW (mean over the interval).
     pub delivered_mw: Decimal,
     pub resources: Vec<ResourceDelivery>,
@@ -373,12 +380,11 @@ impl SettlementLogic {
         let mut real_time: Option<(Net, MarketId)> = None;
         let mut regulation: Vec<(MarketId, Net)> = Vec::new();
         let mut demand: Vec<(MarketId, Net)> = Vec::new();
-        // The award the Dispatch actor dispatched: Σ net sold MW over every market.
-        let mut scheduled_mw = Decimal::ZERO;
+        // The award the Dispatch actor dispatched (energy and demand response).
+        let scheduled_mw = d.award_mw;
         let mut tz = None;
         for (market_id, p) in &d.positions {
             let net = Net::of(p);
-            scheduled_mw += net.mw;
             let Some(m) = self.w.markets.get(market_id) else {
                 self.unsettled(
                     "unknown_market",
@@ -434,12 +440,15 @@ impl SettlementLogic {
             tz.get_or_insert(m.timezone);
             slot.get_or_insert((Net::default(), *market_id)).0.add(net);
         }
-        let cleared = |x: Option<(Net, MarketId)>| {
+        let cleared = |x: Option<(Net, MarketId)>, base_mw: Decimal| {
             x.filter(|(n, _)| !n.mw.is_zero()).map(|(n, _)| Cleared {
-                quantity_mw: n.mw,
+                quantity_mw: base_mw + n.mw,
                 price_cny_per_mwh: n.value / n.mw,
             })
         };
+        // The engine's real-time quantity is the whole schedule (day-ahead plus what real
+        // time added), settled against day-ahead; the live real-time position is the addition.
+        let day_ahead_mw = day_ahead.map_or(Decimal::ZERO, |(n, _)| n.mw);
         let market_id = real_time
             .or(day_ahead)
             .map(|(_, id)| id)
@@ -460,7 +469,7 @@ impl SettlementLogic {
             (Some(e), Some(c)) if !scheduled_mw.is_zero() => Some((e, c)),
             _ => None,
         };
-        let (energy_delivered_mw, curtailed_mw) = if scheduled_mw == energy_mw && dr_mw.is_zero() {
+        let (energy_delivered_mw, curtailed_mw) = if dr_mw.is_zero() {
             (d.delivered_mw, Decimal::ZERO)
         } else if let Some(split) = split {
             split
@@ -502,8 +511,8 @@ impl SettlementLogic {
 
         let input = IntervalInput {
             interval: iv,
-            day_ahead: cleared(day_ahead),
-            real_time: cleared(real_time),
+            day_ahead: cleared(day_ahead, Decimal::ZERO),
+            real_time: cleared(real_time, day_ahead_mw),
             delivered_mw: energy_delivered_mw,
             regulation,
             demand_response,
@@ -793,6 +802,7 @@ mod tests {
             aggregation_id: AGG,
             interval: first,
             positions: vec![(DA, sold(Decimal::ONE, 300))],
+            award_mw: Decimal::ONE,
             delivered_mw: Decimal::ONE,
             resources: vec![
                 ResourceDelivery {
@@ -812,6 +822,7 @@ mod tests {
             aggregation_id: AGG,
             interval: second,
             positions: vec![(RT, sold(Decimal::ONE, 400))],
+            award_mw: Decimal::ONE,
             delivered_mw: d(9, 1),
             resources: vec![
                 ResourceDelivery {
@@ -973,10 +984,18 @@ mod tests {
         delivered_mw: Decimal,
     ) -> IntervalDelivery {
         let half = delivered_mw / Decimal::TWO;
+        // As Dispatch computes it: regulation and reserve awards are headroom, not energy.
+        let markets = all_markets();
+        let award_mw = positions
+            .iter()
+            .filter(|(id, _)| !markets.get(id).is_some_and(|m| m.kind.holds_headroom()))
+            .map(|(_, p)| p.net_sold_mw())
+            .sum();
         IntervalDelivery {
             aggregation_id: AGG,
             interval,
             positions,
+            award_mw,
             delivered_mw,
             resources: [1, 2]
                 .map(|r| ResourceDelivery {
@@ -1062,11 +1081,11 @@ mod tests {
             ToSettlement::Announced(reg_announced(first, 12)),
             ToSettlement::Announced(dr_invited(second, 800)),
             ToSettlement::Announced(dr_invited(third, 800)),
-            // 2 MW of regulation capacity cleared at 30; the fleet was dispatched the 2 MW.
+            // 2 MW of regulation capacity cleared at 30: headroom held, no energy dispatched.
             ToSettlement::Delivered(delivery(
                 first,
                 vec![(REG, sold(Decimal::TWO, 30))],
-                Decimal::TWO,
+                Decimal::ZERO,
             )),
             // 1 MW of DR, filled at the invitation's 800, curtailed in full.
             ToSettlement::Delivered(delivery(
@@ -1180,6 +1199,58 @@ mod tests {
     }
 
     #[test]
+    fn real_time_settles_what_it_added_to_day_ahead_and_regulation_is_not_energy() {
+        let start = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
+        let clock = ManualClock::new(start);
+        let metrics = Metrics::new();
+        let logic = SettlementLogic::new(wiring(
+            &clock,
+            &metrics,
+            SettlementWriter::disabled(),
+            Decimal::ZERO,
+        ));
+        let iv = DeliveryInterval::containing(start);
+        // 1 MW sold day-ahead at 300, 0.5 MW more sold in real time at 400, 2 MW of
+        // regulation headroom at 30; the fleet delivered the 1.5 MW of energy.
+        let positions = vec![
+            (DA, sold(Decimal::ONE, 300)),
+            (RT, sold(d(5, 1), 400)),
+            (REG, sold(Decimal::TWO, 30)),
+        ];
+        let d_in = delivery(iv, positions, d(15, 1));
+        assert_eq!(
+            d_in.award_mw,
+            d(15, 1),
+            "regulation is not in the energy award"
+        );
+        let (day, _) = logic.day_input(&d_in).expect("something to settle");
+        let i = &day.intervals[0];
+        assert_eq!(
+            i.real_time.map(|c| (c.quantity_mw, c.price_cny_per_mwh)),
+            Some((d(15, 1), Decimal::from(400))),
+            "the real-time schedule is day-ahead plus the real-time addition"
+        );
+        assert_eq!(i.delivered_mw, d(15, 1), "energy takes the whole delivery");
+        let record = SettlementRecord::settle(&day, &rule(), rates_at(clock.now())).unwrap();
+        let lines: Vec<_> = record
+            .lines()
+            .iter()
+            .map(|l| (l.kind, l.amount_cny))
+            .collect();
+        // By hand: day-ahead 1 × 0.25 × 300 = 75.00; real time (1.5 − 1) × 0.25 × 400 = 50.00;
+        // delivered = awarded, no penalty; capacity 2 × 0.25 × 30 = 15.00; mileage 0.
+        assert_eq!(
+            lines,
+            vec![
+                (LineKind::Energy, d(7500, 2)),
+                (LineKind::RealTimeDeviation, d(5000, 2)),
+                (LineKind::RegulationCapacity, d(1500, 2)),
+                (LineKind::RegulationMileage, d(0, 2)),
+            ]
+        );
+    }
+
+    #[test]
     fn prices_come_from_the_announcements_else_the_fills_and_gaps_are_counted() {
         let start = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
         let clock = ManualClock::new(start);
@@ -1207,7 +1278,7 @@ mod tests {
         let (i, market) = input(
             &logic,
             vec![(REG, sold(Decimal::TWO, 30)), (DR, sold(Decimal::ONE, 700))],
-            Decimal::from(3),
+            Decimal::ONE,
         );
         assert_eq!(market, REG);
         assert_eq!(
@@ -1222,7 +1293,7 @@ mod tests {
         let dr = i.demand_response.unwrap();
         assert_eq!(dr.price_cny_per_mwh, Decimal::from(700));
         assert_eq!(dr.committed_mwh, d(25, 2));
-        // 3 MW delivered for 3 MW scheduled: DR's third is 1 MW.
+        // Only the DR MW is dispatched (regulation holds headroom): 1 MW delivered for it.
         assert_eq!(dr.curtailed_mwh, d(25, 2));
         assert_eq!(
             i.delivered_mw,
@@ -1237,7 +1308,7 @@ mod tests {
         let (i, _) = input(
             &logic,
             vec![(REG, sold(Decimal::TWO, 30)), (DR, sold(Decimal::ONE, 700))],
-            Decimal::from(3),
+            Decimal::ONE,
         );
         let reg = i.regulation.unwrap();
         assert_eq!(
@@ -1250,8 +1321,8 @@ mod tests {
         );
         assert_eq!(unsettled("mileage_price_unknown"), 1);
 
-        // Purchases in regulation and DR, reserve: not settled, each counted; energy alone
-        // takes its pro-rata share of the delivery (1 MW of 2 MW scheduled).
+        // Purchases in regulation and DR, reserve: not settled, each counted; without DR,
+        // energy takes the whole delivery.
         let mut bought = Position::default();
         bought.apply_fill(Side::Buy, Decimal::ONE, Decimal::from(30));
         let (i, market) = input(
@@ -1269,7 +1340,7 @@ mod tests {
         assert_eq!(
             i.delivered_mw,
             Decimal::ONE,
-            "1 MW × 2 MW energy / 2 MW scheduled"
+            "no DR: energy takes the delivery"
         );
         for what in ["regulation_bought", "dr_bought", "reserve"] {
             assert_eq!(unsettled(what), 1, "{what}");
