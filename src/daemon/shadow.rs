@@ -4,9 +4,9 @@
 //! shutdown).
 //!
 //! Invariants:
-//! - Paper and live figures are computed the same way: cash = Σ fill quantity × price, energy
-//!   (and demand response) quantities × 0.25 h, capacity products per MW; sells positive, buys
-//!   negative, exact decimals. Live figures come from the OMS ledger, never a parallel tally.
+//! - Paper and live figures are summed by the same rule, `PaperPnl::add_fill` (energy and
+//!   demand response per MWh, capacity per MW; sells positive, buys negative, exact decimals).
+//!   Live figures come from the OMS ledger, never a parallel tally.
 //! - Reading locks a paper venue or the ledger only to copy figures out; at most
 //!   [`MAX_SHADOW_INTENTS`] intents per strategy are copied.
 
@@ -17,8 +17,6 @@ use std::sync::PoisonError;
 use vpp_actors::live::strategy::SharedPaper;
 use vpp_engine::ids::StrategyId;
 use vpp_engine::ledger::OrderLedger;
-use vpp_engine::market::Product;
-use vpp_engine::order::Side;
 use vpp_engine::strategy::{PaperPnl, RecordedIntent};
 
 /// Most recorded intents one report copies per shadow strategy.
@@ -116,6 +114,7 @@ pub fn live_figures(ledger: &OrderLedger, id: StrategyId, name: &str) -> LiveTwi
         name: name.to_owned(),
         ..LiveTwin::default()
     };
+    let mut pnl = PaperPnl::default();
     for order in ledger
         .orders()
         .filter(|o| o.request.strategy_id == Some(id))
@@ -125,24 +124,19 @@ pub fn live_figures(ledger: &OrderLedger, id: StrategyId, name: &str) -> LiveTwi
             continue;
         }
         twin.filled_orders += 1;
-        let hours = Decimal::new(25, 2);
-        let value = match order.request.product {
-            Product::Energy | Product::DemandResponse => order.filled_value * hours,
-            _ => order.filled_value,
-        };
-        let mwh = order.filled_mw * hours;
-        match order.request.side {
-            Side::Buy => {
-                twin.cash_cny -= value;
-                twin.bought_mwh += mwh;
-            }
-            Side::Sell => {
-                twin.cash_cny += value;
-                twin.sold_mwh += mwh;
-            }
-        }
+        pnl.add_fill(
+            order.request.product,
+            order.request.side,
+            order.filled_mw,
+            order.filled_value,
+        );
     }
-    twin
+    LiveTwin {
+        cash_cny: pnl.cash_cny,
+        bought_mwh: pnl.bought_mwh,
+        sold_mwh: pnl.sold_mwh,
+        ..twin
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +146,8 @@ mod tests {
     use vpp_engine::ids::{AggregationId, ClientOrderId, FillId, MarketId};
     use vpp_engine::ledger::{OrderEvent, OrderEventKind};
     use vpp_engine::market::DeliveryInterval;
-    use vpp_engine::order::{ExecKind, ExecReport, OrderRequest, TimeInForce};
+    use vpp_engine::market::Product;
+    use vpp_engine::order::{ExecKind, ExecReport, OrderRequest, Side, TimeInForce};
     use vpp_engine::Decimal;
 
     fn dec(s: &str) -> Decimal {

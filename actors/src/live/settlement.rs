@@ -845,19 +845,7 @@ mod tests {
         }
 
         let day = first.trading_day(chrono_tz::Asia::Shanghai);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let stored = loop {
-            let records = store.list_settlements(day, 10).await.unwrap();
-            if records.len() == 2 {
-                break records;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "records stored: {}",
-                records.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let stored = stored_records(&store, day, 2).await;
 
         // What the engine computes for the same intervals, built here by hand.
         let engine = |interval: DeliveryInterval,
@@ -935,6 +923,23 @@ mod tests {
             .collect();
         assert_eq!(penalty, vec![d(-1050, 2)]);
         assert_eq!(stored[1].total_cny, d(8950, 2));
+    }
+
+    /// The day's stored records once there are `n` (bounded wait).
+    async fn stored_records(store: &Store, day: chrono::NaiveDate, n: usize) -> Vec<StoredRecord> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let records = store.list_settlements(day, 10).await.unwrap();
+            if records.len() == n {
+                return records;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "records stored: {}",
+                records.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn rates_at(at: vpp_engine::Timestamp) -> RatesTable {
@@ -1105,19 +1110,7 @@ mod tests {
         }
 
         let day = first.trading_day(chrono_tz::Asia::Shanghai);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let stored = loop {
-            let records = store.list_settlements(day, 10).await.unwrap();
-            if records.len() == 3 {
-                break records;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "records stored: {}",
-                records.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let stored = stored_records(&store, day, 3).await;
         let by_interval = |i: DeliveryInterval| {
             stored
                 .iter()

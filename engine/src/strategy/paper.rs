@@ -66,6 +66,36 @@ pub struct PaperPnl {
     pub expired: u64,
 }
 
+impl PaperPnl {
+    /// Adds a fill of `quantity_mw` worth `notional` (Σ MW × price): energy and demand
+    /// response are paid per MWh (× 0.25 h), capacity products per MW. The one rule paper and
+    /// live figures are summed by (`src/daemon/shadow.rs` sums the ledger's fills with it).
+    pub fn add_fill(
+        &mut self,
+        product: Product,
+        side: Side,
+        quantity_mw: Decimal,
+        notional: Decimal,
+    ) {
+        let hours = dec!(0.25);
+        let value = match product {
+            Product::Energy | Product::DemandResponse => notional * hours,
+            _ => notional,
+        };
+        let mwh = quantity_mw * hours;
+        match side {
+            Side::Buy => {
+                self.cash_cny -= value;
+                self.bought_mwh += mwh;
+            }
+            Side::Sell => {
+                self.cash_cny += value;
+                self.sold_mwh += mwh;
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Quote {
     bid: Option<PriceLevel>,
@@ -138,23 +168,13 @@ impl PaperVenue {
                 price_cny_per_mwh,
                 ..
             } => {
-                let units = match product {
-                    Product::Energy | Product::DemandResponse => *quantity_mw * dec!(0.25),
-                    _ => *quantity_mw,
-                };
-                let value = units * *price_cny_per_mwh;
-                let mwh = *quantity_mw * dec!(0.25);
                 self.pnl.fills += 1;
-                match side {
-                    Side::Buy => {
-                        self.pnl.cash_cny -= value;
-                        self.pnl.bought_mwh += mwh;
-                    }
-                    Side::Sell => {
-                        self.pnl.cash_cny += value;
-                        self.pnl.sold_mwh += mwh;
-                    }
-                }
+                self.pnl.add_fill(
+                    product,
+                    side,
+                    *quantity_mw,
+                    *quantity_mw * *price_cny_per_mwh,
+                );
             }
             ExecKind::Cancelled { .. } => self.pnl.cancels += 1,
             ExecKind::Expired => self.pnl.expired += 1,
