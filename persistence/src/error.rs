@@ -61,6 +61,18 @@ pub enum StoreError {
     /// A write would change something immutable (e.g. an existing template version).
     #[error("conflict: {0}")]
     Conflict(String),
+
+    /// Another daemon holds the store's lease (one writer per store).
+    #[error("the store {url} is held by another daemon: {holder}; stop it first (or point this one at another store)")]
+    LeaseHeld { url: String, holder: String },
+
+    /// This writer's lease epoch is no longer the store's: another daemon took the store over.
+    #[error("store lease lost: this writer holds epoch {epoch} but the store is now at {current}")]
+    LeaseLost { epoch: u64, current: String },
+
+    /// The lease's lock could not be taken or checked (lock file, advisory lock).
+    #[error("store lease: {0}")]
+    Lease(String),
 }
 
 /// Attaches "what failed" to a sqlx error.

@@ -8,9 +8,19 @@
 //!   the orders and positions they touched (the projections) land together or not at all.
 //! - `committed_seq` (watch channel) only moves after the commit returned; on SQLite with
 //!   `synchronous=FULL` and on PostgreSQL that means the batch is durable.
-//! - Nothing is dropped: a full channel refuses (`try_submit`, event handed back) or waits
-//!   (`submit`). A commit that still fails after bounded retries stops the writer and every
-//!   waiter learns it (`JournalError::WriterFailed`).
+//! - Nothing is dropped silently: a full channel refuses (`try_submit`, event handed back) or
+//!   waits (`submit`); every refused event is counted in [`JournalWriter::unjournaled`].
+//! - A commit that still fails after its quick retries marks the writer failing (waiters learn
+//!   it: `JournalError::WriterFailed`; [`JournalWriter::health`] says `Failing`) and the writer
+//!   is restarted under supervision: the same batch is retried with exponential backoff
+//!   (bounded: `restart_backoff_max`, at most `max_restarts` in a row), so sequence order holds.
+//!   Past the limit, on a lost lease, or when closed while failing, it stops for good and
+//!   counts what it could not write as unjournaled.
+//! - With a lease epoch ([`JournalConfig::lease_epoch`]) every commit first checks, in its own
+//!   transaction, that the store lease is still at that epoch (fencing); a lost lease stops the
+//!   writer at once, with nothing written.
+//! - Health is `Healthy` only while the writer is neither failing, stopped, nor busy on one
+//!   batch for longer than [`JournalConfig::max_lag`].
 //! - The writer keeps its own mirror `OrderLedger`, seeded by replay, to derive from/to status,
 //!   fills and projection rows. Events the ledger refuses are still journaled, with `error`
 //!   set, so the audit trail shows them; replay refuses them again and reports them.
@@ -22,12 +32,15 @@ use crate::orders::{
     POSITION_COLS, POSITION_HEAD, POSITION_TAIL,
 };
 use crate::sql::{multi_insert, Stmt, Value};
+
+use crate::sql::{Fence, TxError};
 use crate::store::{with_pool, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use vpp_engine::ids::ClientOrderId;
 use vpp_engine::ledger::{OrderEvent, OrderLedger};
 use vpp_engine::position::PositionKey;
@@ -52,9 +65,20 @@ pub struct JournalConfig {
     pub capacity: usize,
     /// Most events committed in one transaction.
     pub max_batch: usize,
-    /// Extra attempts for a failed commit before the writer gives up.
+    /// Quick extra attempts for a failed commit before the writer is marked failing.
     pub commit_retries: u32,
     pub on_commit: Option<CommitObserver>,
+    /// The store lease epoch every commit is fenced with (see `Store::acquire_lease`); `None`
+    /// writes unfenced (tests, tools).
+    pub lease_epoch: Option<u64>,
+    /// A batch in commit for longer than this makes the journal unhealthy (`Lagging`).
+    pub max_lag: Duration,
+    /// Wait before the first restart of a failing writer; doubles per restart in a row.
+    pub restart_backoff_initial: Duration,
+    /// Cap of the restart backoff.
+    pub restart_backoff_max: Duration,
+    /// Restarts in a row (same batch) before the writer stops for good.
+    pub max_restarts: u32,
 }
 
 impl Default for JournalConfig {
@@ -64,6 +88,11 @@ impl Default for JournalConfig {
             max_batch: 16_384,
             commit_retries: 3,
             on_commit: None,
+            lease_epoch: None,
+            max_lag: Duration::from_secs(2),
+            restart_backoff_initial: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(5),
+            max_restarts: 120,
         }
     }
 }
@@ -75,6 +104,11 @@ impl fmt::Debug for JournalConfig {
             .field("max_batch", &self.max_batch)
             .field("commit_retries", &self.commit_retries)
             .field("on_commit", &self.on_commit.is_some())
+            .field("lease_epoch", &self.lease_epoch)
+            .field("max_lag", &self.max_lag)
+            .field("restart_backoff_initial", &self.restart_backoff_initial)
+            .field("restart_backoff_max", &self.restart_backoff_max)
+            .field("max_restarts", &self.max_restarts)
             .finish()
     }
 }
@@ -84,8 +118,70 @@ impl fmt::Debug for JournalConfig {
 pub struct JournalStatus {
     /// Every event with a sequence up to this one is durable.
     pub committed_seq: u64,
-    /// Set when the writer stopped because a batch could not be committed.
+    /// Set while the last commit failed (the writer is restarting) and when it stopped for
+    /// good; cleared by the next successful commit.
     pub failed: Option<Arc<str>>,
+    /// Supervised restarts since the writer started.
+    pub restarts: u64,
+    /// The writer gave up (restart limit, lost lease, closed while failing): nothing more
+    /// will be written.
+    pub stopped: bool,
+    /// The writer task has ended (after [`JournalWriter::close`] or a stop).
+    pub closed: bool,
+}
+
+/// What [`JournalWriter::health`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalHealth {
+    Healthy,
+    /// One batch has been in commit for `lag` (beyond the configured `max_lag`).
+    Lagging {
+        lag: Duration,
+        max_lag: Duration,
+    },
+    /// The last commit failed; the writer is restarting with backoff.
+    Failing {
+        reason: Arc<str>,
+        restarts: u64,
+    },
+    /// The writer stopped for good (or was closed): nothing more is written.
+    Stopped {
+        reason: Arc<str>,
+    },
+}
+
+impl JournalHealth {
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, JournalHealth::Healthy)
+    }
+
+    /// A stable short name: `healthy`, `lagging`, `failing`, `stopped`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JournalHealth::Healthy => "healthy",
+            JournalHealth::Lagging { .. } => "lagging",
+            JournalHealth::Failing { .. } => "failing",
+            JournalHealth::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for JournalHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalHealth::Healthy => write!(f, "journal healthy"),
+            JournalHealth::Lagging { lag, max_lag } => write!(
+                f,
+                "journal lagging: a batch has been committing for {} ms (bound {} ms)",
+                lag.as_millis(),
+                max_lag.as_millis()
+            ),
+            JournalHealth::Failing { reason, restarts } => {
+                write!(f, "journal writer failing (restart {restarts}): {reason}")
+            }
+            JournalHealth::Stopped { reason } => write!(f, "journal writer stopped: {reason}"),
+        }
+    }
 }
 
 /// One event that did not apply on replay.
@@ -140,12 +236,45 @@ struct Submitted {
     event: OrderEvent,
 }
 
+/// State the writer handles and the writer task share.
+struct Shared {
+    /// The next sequence to hand out; locked only to assign it and enqueue (never across await).
+    next_seq: Mutex<u64>,
+    /// Base of `busy_since_ns`.
+    base: Instant,
+    /// When the writer took the batch it is committing (ns since `base`, +1); 0 when idle.
+    busy_since_ns: AtomicU64,
+    /// Events refused or abandoned: never written.
+    unjournaled: AtomicU64,
+    /// Asks the writer to commit what is queued and end.
+    close: Notify,
+    max_lag: Duration,
+}
+
+impl Shared {
+    fn busy_for(&self) -> Option<Duration> {
+        let since = self.busy_since_ns.load(Ordering::Acquire);
+        (since != 0).then(|| {
+            let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            Duration::from_nanos(now.saturating_sub(since - 1))
+        })
+    }
+
+    fn mark_busy(&self) {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.busy_since_ns.store(now + 1, Ordering::Release);
+    }
+
+    fn mark_idle(&self) {
+        self.busy_since_ns.store(0, Ordering::Release);
+    }
+}
+
 /// Handle to submit events to the journal. Cheap to clone; all clones feed one writer.
 #[derive(Clone)]
 pub struct JournalWriter {
     tx: mpsc::Sender<Submitted>,
-    /// The next sequence to hand out; locked only to assign it and enqueue (never across await).
-    next_seq: Arc<Mutex<u64>>,
+    shared: Arc<Shared>,
     status: watch::Receiver<JournalStatus>,
     capacity: usize,
 }
@@ -162,19 +291,26 @@ impl JournalWriter {
                 permit.send(Submitted { seq, event });
                 Ok(seq)
             }
-            Err(mpsc::error::TrySendError::Full(())) => Err(JournalError::Full {
-                capacity: self.capacity,
-                event: Box::new(event),
-            }),
-            Err(mpsc::error::TrySendError::Closed(())) => Err(JournalError::Closed {
-                event: Box::new(event),
-            }),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                self.shared.unjournaled.fetch_add(1, Ordering::Relaxed);
+                Err(JournalError::Full {
+                    capacity: self.capacity,
+                    event: Box::new(event),
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                self.shared.unjournaled.fetch_add(1, Ordering::Relaxed);
+                Err(JournalError::Closed {
+                    event: Box::new(event),
+                })
+            }
         }
     }
 
     /// Queues `event`, waiting for room; returns its journal sequence.
     pub async fn submit(&self, event: OrderEvent) -> Result<u64, JournalError> {
         let Ok(permit) = self.tx.reserve().await else {
+            self.shared.unjournaled.fetch_add(1, Ordering::Relaxed);
             return Err(JournalError::Closed {
                 event: Box::new(event),
             });
@@ -222,6 +358,60 @@ impl JournalWriter {
         self.status.borrow().clone()
     }
 
+    /// Whether the journal can take orders now: not failing, not stopped, not lagging.
+    /// Cheap (an atomic load and a watch borrow): the OMS asks it per order.
+    pub fn health(&self) -> JournalHealth {
+        let (stopped, closed, failed, restarts) = {
+            let s = self.status.borrow();
+            (s.stopped, s.closed, s.failed.clone(), s.restarts)
+        };
+        if stopped || closed || self.tx.is_closed() {
+            let reason = failed.unwrap_or_else(|| Arc::from("the journal is closed"));
+            return JournalHealth::Stopped { reason };
+        }
+        if let Some(reason) = failed {
+            return JournalHealth::Failing { reason, restarts };
+        }
+        match self.shared.busy_for() {
+            Some(lag) if lag > self.shared.max_lag => JournalHealth::Lagging {
+                lag,
+                max_lag: self.shared.max_lag,
+            },
+            _ => JournalHealth::Healthy,
+        }
+    }
+
+    /// Events that were refused (full or closed queue) or abandoned by a stopped writer:
+    /// they are not in the journal.
+    pub fn unjournaled(&self) -> u64 {
+        self.shared.unjournaled.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer to commit everything queued and end; new submissions are refused from
+    /// now on. Returns the last committed sequence, or an error if anything submitted was not
+    /// journaled (refused, abandoned, or the writer stopped).
+    pub async fn close(&self) -> Result<u64, JournalError> {
+        self.shared.close.notify_one();
+        let mut rx = self.status.clone();
+        let _ = rx.wait_for(|s| s.closed).await;
+        let status = self.status.borrow().clone();
+        let unjournaled = self.unjournaled();
+        if status.stopped || unjournaled > 0 {
+            return Err(JournalError::WriterFailed {
+                committed_seq: status.committed_seq,
+                reason: format!(
+                    "{unjournaled} event(s) not journaled{}",
+                    status
+                        .failed
+                        .as_deref()
+                        .map(|r| format!("; last failure: {r}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        Ok(status.committed_seq)
+    }
+
     /// Events waiting in the channel (not yet taken by the writer).
     pub fn queued(&self) -> usize {
         self.capacity - self.tx.capacity()
@@ -233,7 +423,10 @@ impl JournalWriter {
 
     fn lock_seq(&self) -> std::sync::MutexGuard<'_, u64> {
         // The critical section cannot panic, so a poisoned lock still holds a valid counter.
-        self.next_seq.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .next_seq
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -284,21 +477,35 @@ impl Store {
         let (tx, rx) = mpsc::channel(capacity);
         let (status_tx, status_rx) = watch::channel(JournalStatus {
             committed_seq: last_seq,
-            failed: None,
+            ..JournalStatus::default()
+        });
+        let shared = Arc::new(Shared {
+            next_seq: Mutex::new(last_seq + 1),
+            base: Instant::now(),
+            busy_since_ns: AtomicU64::new(0),
+            unjournaled: AtomicU64::new(0),
+            close: Notify::new(),
+            max_lag: cfg.max_lag,
         });
         let task = WriterTask {
             store: self.clone(),
             ledger: ledger.clone(),
             status: status_tx,
+            shared: Arc::clone(&shared),
             max_batch: cfg.max_batch.max(1),
             commit_retries: cfg.commit_retries,
             on_commit: cfg.on_commit,
+            lease_epoch: cfg.lease_epoch,
+            backoff_initial: cfg.restart_backoff_initial,
+            backoff_max: cfg.restart_backoff_max.max(cfg.restart_backoff_initial),
+            max_restarts: cfg.max_restarts,
+            closing: false,
         };
         let task = tokio::spawn(task.run(rx));
         Ok(JournalStart {
             writer: JournalWriter {
                 tx,
-                next_seq: Arc::new(Mutex::new(last_seq + 1)),
+                shared,
                 status: status_rx,
                 capacity,
             },
@@ -334,61 +541,177 @@ struct WriterTask {
     store: Store,
     ledger: OrderLedger,
     status: watch::Sender<JournalStatus>,
+    shared: Arc<Shared>,
     max_batch: usize,
     commit_retries: u32,
     on_commit: Option<CommitObserver>,
+    lease_epoch: Option<u64>,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    max_restarts: u32,
+    /// `close` was asked: the channel is closed, what is queued is still committed.
+    closing: bool,
 }
 
 const EVENT_COLS: usize = 8;
 const EVENT_HEAD: &str = "order_events (seq, client_order_id, event, from_status, to_status, \
      payload_json, at_us, error)";
 
+/// Why a batch did not commit.
+enum CommitFailure {
+    /// Worth a restart (store error, constraint, connection lost).
+    Store(String),
+    /// The lease is gone: no restart can help.
+    Fenced(String),
+}
+
 impl WriterTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Submitted>) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
-            if let Err(reason) = self.commit_batch(&batch).await {
-                tracing::error!(%reason, "journal writer stopped: batch could not be committed");
-                self.status.send_modify(|s| s.failed = Some(reason.into()));
+        loop {
+            let n = if self.closing {
+                rx.recv_many(&mut batch, self.max_batch).await
+            } else {
+                let shared = Arc::clone(&self.shared);
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, self.max_batch) => n,
+                    () = shared.close.notified() => {
+                        rx.close();
+                        self.closing = true;
+                        continue;
+                    }
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            self.shared.mark_busy();
+            let committed = self.commit_supervised(&batch, &mut rx).await;
+            self.shared.mark_idle();
+            if !committed {
+                // Stopped for good: this batch and everything still queued is lost to the
+                // journal; count it so the daemon cannot end as if all was well.
                 rx.close();
-                return;
+                let mut lost = batch.len() as u64;
+                while rx.try_recv().is_ok() {
+                    lost += 1;
+                }
+                self.shared.unjournaled.fetch_add(lost, Ordering::Relaxed);
+                tracing::error!(
+                    lost,
+                    "journal writer stopped for good; events not journaled"
+                );
+                self.status.send_modify(|s| s.stopped = true);
+                break;
             }
             batch.clear();
         }
+        self.status.send_modify(|s| s.closed = true);
     }
 
-    async fn commit_batch(&mut self, batch: &[Submitted]) -> Result<(), String> {
+    /// Commits one batch, restarting with backoff while the store refuses it. `false`: the
+    /// writer must stop (lease lost, restart limit, or closed while failing).
+    async fn commit_supervised(
+        &mut self,
+        batch: &[Submitted],
+        rx: &mut mpsc::Receiver<Submitted>,
+    ) -> bool {
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            return Ok(());
+            return true;
         };
-        let stmts = self.build_statements(batch).map_err(|e| e.to_string())?;
+        let (first, last) = (first.seq, last.seq);
+        let stmts = match self.build_statements(batch) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!("seq {first}..={last} cannot be written: {e}");
+                tracing::error!(%reason, "journal writer stopped");
+                self.status.send_modify(|s| s.failed = Some(reason.into()));
+                return false;
+            }
+        };
+        let mut restarts: u32 = 0;
+        loop {
+            let reason = match self.commit_with_retries(&stmts, first, last).await {
+                Ok(()) => return true,
+                Err(CommitFailure::Fenced(reason)) => {
+                    tracing::error!(%reason, "journal writer stopped: the store lease is lost");
+                    self.status.send_modify(|s| s.failed = Some(reason.into()));
+                    return false;
+                }
+                Err(CommitFailure::Store(reason)) => reason,
+            };
+            if restarts >= self.max_restarts || self.closing {
+                tracing::error!(%reason, restarts, closing = self.closing,
+                    "journal writer stopped: batch could not be committed");
+                self.status.send_modify(|s| s.failed = Some(reason.into()));
+                return false;
+            }
+            restarts += 1;
+            let backoff = self
+                .backoff_initial
+                .saturating_mul(1u32 << (restarts - 1).min(16))
+                .min(self.backoff_max);
+            tracing::error!(%reason, restart = restarts, backoff_ms = backoff.as_millis() as u64,
+                "journal writer failed; restarting after backoff");
+            self.status.send_modify(|s| {
+                s.failed = Some(reason.into());
+                s.restarts += 1;
+            });
+            let shared = Arc::clone(&self.shared);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shared.close.notified() => {
+                    // Shutting down: one last attempt, then give up.
+                    rx.close();
+                    self.closing = true;
+                }
+            }
+        }
+    }
+
+    async fn commit_with_retries(
+        &mut self,
+        stmts: &[Stmt],
+        first: u64,
+        last: u64,
+    ) -> Result<(), CommitFailure> {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            match self.store.execute_in_tx(&stmts).await {
+            let fence = self.lease_epoch.map(|epoch| Fence {
+                epoch,
+                now_us: ts_to_us(chrono::Utc::now()),
+            });
+            match self.store.execute_in_tx_fenced(fence, stmts).await {
                 Ok(()) => break,
+                Err(e @ TxError::Fenced { .. }) => {
+                    return Err(CommitFailure::Fenced(format!(
+                        "commit of seq {first}..={last} refused: {e}"
+                    )))
+                }
                 Err(e) if attempt < self.commit_retries => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "journal commit failed; retrying");
                     tokio::time::sleep(Duration::from_millis(10u64 << attempt.min(6))).await;
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "commit of seq {}..={} failed after {} attempts: {e}",
-                        first.seq,
-                        last.seq,
+                    return Err(CommitFailure::Store(format!(
+                        "commit of seq {first}..={last} failed after {} attempts: {e}",
                         attempt + 1
-                    ))
+                    )))
                 }
             }
         }
         let committed = BatchCommitted {
-            first_seq: first.seq,
-            last_seq: last.seq,
-            events: batch.len(),
+            first_seq: first,
+            last_seq: last,
+            events: usize::try_from(last - first + 1).unwrap_or(usize::MAX),
             commit_latency: started.elapsed(),
         };
-        self.status.send_modify(|s| s.committed_seq = last.seq);
+        self.status.send_modify(|s| {
+            s.committed_seq = last;
+            s.failed = None;
+        });
         if let Some(observer) = &self.on_commit {
             observer(&committed);
         }

@@ -13,6 +13,8 @@
 //! - Decimals are stored as exact text, instants as integer microseconds since the Unix
 //!   epoch (UTC), on both backends; a stored value reads back equal to what was written.
 //! - Queries are runtime queries (`sqlx::query` + `bind`): building needs no database.
+//! - One writing daemon per store: [`Store::acquire_lease`] takes the store lease, and a
+//!   journal started with its epoch commits only while the store is still at that epoch.
 //! - Every queue is bounded: the journal channel refuses (`try_submit`) or waits (`submit`)
 //!   when full; it never drops an event.
 
@@ -20,6 +22,7 @@ mod catalog;
 mod codec;
 mod error;
 mod journal;
+mod lease;
 mod markets;
 mod orders;
 mod records;
@@ -28,9 +31,10 @@ mod store;
 
 pub use error::{JournalError, StoreError};
 pub use journal::{
-    BatchCommitted, CommitObserver, JournalConfig, JournalStart, JournalStatus, JournalWriter,
-    ReplayFailure, ReplayReport,
+    BatchCommitted, CommitObserver, JournalConfig, JournalHealth, JournalStart, JournalStatus,
+    JournalWriter, ReplayFailure, ReplayReport,
 };
+pub use lease::{LeaseHolder, LeaseRecord, LeaseWait, StoreLease};
 pub use orders::StoredOrderEvent;
 pub use records::{
     ApiToken, AuditEntry, DispatchInstruction, NewApiToken, RiskEvent, SettlementLine,

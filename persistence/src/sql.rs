@@ -104,27 +104,108 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
+/// The lease check a fenced transaction runs first: the write commits only while the store's
+/// lease is still at `epoch` (see [`crate::lease`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fence {
+    pub epoch: u64,
+    pub now_us: i64,
+}
+
+/// Why a (fenced) transaction did not commit.
+#[derive(Debug)]
+pub(crate) enum TxError {
+    Sql(sqlx::Error),
+    /// The lease is no longer at the fence's epoch: nothing was written.
+    Fenced {
+        epoch: u64,
+    },
+}
+
+impl std::fmt::Display for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxError::Sql(e) => write!(f, "{e}"),
+            TxError::Fenced { epoch } => write!(
+                f,
+                "store lease lost: epoch {epoch} no longer holds the store (another daemon took it)"
+            ),
+        }
+    }
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        TxError::Sql(e)
+    }
+}
+
+const FENCE_SQLITE: &str = "UPDATE store_lease SET heartbeat_us = ? WHERE id = 1 AND epoch = ?";
+const FENCE_POSTGRES: &str = "UPDATE store_lease SET heartbeat_us = $1 WHERE id = 1 AND epoch = $2";
+
 impl Store {
     /// Runs `stmts` in one transaction on the writer: all of them commit, or none.
     pub(crate) async fn execute_in_tx(&self, stmts: &[Stmt]) -> Result<(), sqlx::Error> {
+        match self.execute_in_tx_fenced(None, stmts).await {
+            Ok(()) => Ok(()),
+            Err(TxError::Sql(e)) => Err(e),
+            Err(TxError::Fenced { .. }) => Err(sqlx::Error::Protocol("fenced".into())),
+        }
+    }
+
+    /// Like [`Store::execute_in_tx`], but when `fence` is given the transaction first checks
+    /// (and heartbeats) the store lease row and rolls back unless it still holds its epoch.
+    pub(crate) async fn execute_in_tx_fenced(
+        &self,
+        fence: Option<Fence>,
+        stmts: &[Stmt],
+    ) -> Result<(), TxError> {
+        let epoch = fence.map(|f| f.epoch);
+        let fence_args = fence.map(|f| (f.now_us, i64::try_from(f.epoch).unwrap_or(i64::MAX)));
         match self.backend() {
             Backend::Sqlite { writer, .. } => {
                 let mut tx = writer.begin().await?;
+                if let Some((now_us, e)) = fence_args {
+                    let done = sqlx::query(FENCE_SQLITE)
+                        .bind(now_us)
+                        .bind(e)
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        tx.rollback().await?;
+                        return Err(TxError::Fenced {
+                            epoch: epoch.unwrap_or_default(),
+                        });
+                    }
+                }
                 for s in stmts {
                     bind_all!(sqlx::query(&s.sql_anon), &s.args)
                         .execute(&mut *tx)
                         .await?;
                 }
-                tx.commit().await
+                Ok(tx.commit().await?)
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
+                if let Some((now_us, e)) = fence_args {
+                    let done = sqlx::query(FENCE_POSTGRES)
+                        .bind(now_us)
+                        .bind(e)
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        tx.rollback().await?;
+                        return Err(TxError::Fenced {
+                            epoch: epoch.unwrap_or_default(),
+                        });
+                    }
+                }
                 for s in stmts {
                     bind_all!(sqlx::query(&s.sql), &s.args)
                         .execute(&mut *tx)
                         .await?;
                 }
-                tx.commit().await
+                Ok(tx.commit().await?)
             }
         }
     }

@@ -80,6 +80,9 @@ pub struct SqliteSettings {
 pub struct Store {
     backend: Backend,
     url: Arc<str>,
+    /// The SQLite database file (none in memory or on PostgreSQL): its lease lock file sits
+    /// beside it.
+    sqlite_file: Option<Arc<std::path::Path>>,
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool: `read` uses the SQLite reader pool,
@@ -109,10 +112,13 @@ impl Store {
     }
 
     pub async fn open_with(url: &str, opts: StoreOptions) -> Result<Self, StoreError> {
+        let mut sqlite_file = None;
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             open_postgres(url, &opts).await?
         } else if url.starts_with("sqlite:") {
-            open_sqlite(url, &opts).await?
+            let (backend, file) = open_sqlite(url, &opts).await?;
+            sqlite_file = file.map(Arc::from);
+            backend
         } else {
             return Err(StoreError::InvalidUrl {
                 url: redact(url),
@@ -122,11 +128,17 @@ impl Store {
         Ok(Self {
             backend,
             url: redact(url).into(),
+            sqlite_file,
         })
     }
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// The SQLite database file; `None` in memory and on PostgreSQL.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// "sqlite" or "postgres".
@@ -202,7 +214,10 @@ fn is_sqlite_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
-async fn open_sqlite(url: &str, opts: &StoreOptions) -> Result<Backend, StoreError> {
+async fn open_sqlite(
+    url: &str,
+    opts: &StoreOptions,
+) -> Result<(Backend, Option<std::path::PathBuf>), StoreError> {
     let base = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
         url: url.to_owned(),
         reason: e.to_string(),
@@ -225,11 +240,13 @@ async fn open_sqlite(url: &str, opts: &StoreOptions) -> Result<Backend, StoreErr
     };
     if is_sqlite_memory(url) {
         let pool = pool_opts(1).connect_with(base).await.map_err(connect_err)?;
-        return Ok(Backend::Sqlite {
+        let backend = Backend::Sqlite {
             writer: pool.clone(),
             reader: pool,
-        });
+        };
+        return Ok((backend, None));
     }
+    let file = base.get_filename().to_path_buf();
     let writer_opts = base
         .clone()
         .create_if_missing(true)
@@ -245,7 +262,7 @@ async fn open_sqlite(url: &str, opts: &StoreOptions) -> Result<Backend, StoreErr
         .connect_with(base.read_only(true))
         .await
         .map_err(connect_err)?;
-    Ok(Backend::Sqlite { writer, reader })
+    Ok((Backend::Sqlite { writer, reader }, Some(file)))
 }
 
 async fn open_postgres(url: &str, opts: &StoreOptions) -> Result<Backend, StoreError> {
