@@ -78,6 +78,55 @@ pub struct ConfigFile {
     /// Restart policy of every supervised actor (R restarts in T seconds, backoff).
     #[serde(default)]
     pub supervision: SupervisionConfig,
+    /// How the order journal makes orders durable, and when it counts as unavailable.
+    #[serde(default)]
+    pub journal: JournalSection,
+}
+
+/// When an order is durable relative to its frame leaving for the venue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// The order is journaled (sequence assigned) before it is sent and committed by the next
+    /// group commit; no fsync on the order path. A crash in between is covered by the venue
+    /// reconciliation at start-up.
+    #[default]
+    GroupCommit,
+    /// Each order's frame leaves only after its journal commit returned (durable).
+    BeforeSend,
+}
+
+/// `[journal]`: durability of orders and the journal writer's health bounds and supervision.
+/// A journal that fails or lags past `max_lag_ms` stops new orders (`journal_unavailable`),
+/// engages the global kill switch and makes `/health` answer 503 (docs/operations.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    pub durability: Durability,
+    /// Target bound on an event's wait from submission to durable (the writer commits whatever
+    /// is queued as soon as the previous commit returns); commits slower than this are counted
+    /// in `vpp_journal_commit_over_target_total`. 1..=1000.
+    pub group_commit_ms: u64,
+    /// A batch in commit for longer than this makes the journal unavailable. group_commit_ms..=600000.
+    pub max_lag_ms: u64,
+    /// Supervised restart of a failing writer: first wait, doubling, capped at the max.
+    pub restart_backoff_initial_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// Restarts in a row on one batch before the writer stops for good. 1..=1000000.
+    pub max_restarts: u32,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        Self {
+            durability: Durability::GroupCommit,
+            group_commit_ms: 10,
+            max_lag_ms: 2_000,
+            restart_backoff_initial_ms: 100,
+            restart_backoff_max_ms: 5_000,
+            max_restarts: 120,
+        }
+    }
 }
 
 /// `[supervision]`: at most `max_restarts` restarts within `within_s` seconds, OTP style,
@@ -507,6 +556,8 @@ pub struct Park {
     pub dispatch: BTreeMap<AggregationId, DispatchSettings>,
     /// The restart policy of every supervised actor, from `[supervision]`.
     pub supervision: vpp_actors::RestartPolicy,
+    /// `[journal]`, validated.
+    pub journal: JournalSection,
 }
 
 impl Park {
@@ -598,6 +649,7 @@ impl Builder {
         let settlement = self.settlement(&raw.settlement)?;
         let dispatch = self.dispatch(&raw.aggregations)?;
         let supervision = self.supervision(&raw.supervision)?;
+        let journal = self.journal(&raw.journal)?;
         Ok(Park {
             source: self.source,
             daemon: raw.daemon,
@@ -611,7 +663,49 @@ impl Builder {
             settlement,
             dispatch,
             supervision,
+            journal,
         })
+    }
+
+    fn journal(&self, j: &JournalSection) -> Result<JournalSection, ConfigError> {
+        const MAX_MS: u64 = 600_000;
+        if !(1..=1_000).contains(&j.group_commit_ms) {
+            return Err(self.err(
+                "journal.group_commit_ms".into(),
+                format!("{} is outside 1..=1000", j.group_commit_ms),
+            ));
+        }
+        if !(j.group_commit_ms..=MAX_MS).contains(&j.max_lag_ms) {
+            return Err(self.err(
+                "journal.max_lag_ms".into(),
+                format!(
+                    "{} is outside group_commit_ms..={MAX_MS} ({}..={MAX_MS})",
+                    j.max_lag_ms, j.group_commit_ms
+                ),
+            ));
+        }
+        if !(1..=MAX_MS).contains(&j.restart_backoff_initial_ms) {
+            return Err(self.err(
+                "journal.restart_backoff_initial_ms".into(),
+                format!("{} is outside 1..={MAX_MS}", j.restart_backoff_initial_ms),
+            ));
+        }
+        if !(j.restart_backoff_initial_ms..=MAX_MS).contains(&j.restart_backoff_max_ms) {
+            return Err(self.err(
+                "journal.restart_backoff_max_ms".into(),
+                format!(
+                    "{} is outside restart_backoff_initial_ms..={MAX_MS}",
+                    j.restart_backoff_max_ms
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&j.max_restarts) {
+            return Err(self.err(
+                "journal.max_restarts".into(),
+                format!("{} is outside 1..=1000000", j.max_restarts),
+            ));
+        }
+        Ok(j.clone())
     }
 
     fn supervision(&self, s: &SupervisionConfig) -> Result<vpp_actors::RestartPolicy, ConfigError> {
@@ -1150,6 +1244,17 @@ lon = 102.7
             (park.daemon.speed, park.daemon.cancel_on_shutdown),
             (60, false)
         );
+        let park = parse("[journal]\ndurability = \"before_send\"\nmax_lag_ms = 500\n").unwrap();
+        assert_eq!(park.journal.durability, Durability::BeforeSend);
+        assert_eq!(park.journal.max_lag_ms, 500);
+        assert_eq!(
+            park.journal.group_commit_ms, 10,
+            "default group commit bound"
+        );
+        let err = parse("[journal]\ndurability = \"fsync\"\n").unwrap_err();
+        assert!(err.to_string().contains("before_send"), "{err}");
+        let err = parse("[journal]\nmax_lag_ms = 5\n").unwrap_err();
+        assert_eq!(err.key, "journal.max_lag_ms", "{err}");
         let err = parse("[daemon]\nspeed = 0\n").unwrap_err();
         assert_eq!(err.key, "daemon.speed");
         assert!(err.message.contains("1..=100000"), "{err}");

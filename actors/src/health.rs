@@ -9,6 +9,8 @@
 //!   do not reset it); time comes from the injected [`Clock`].
 //! - The number of actors is bounded by [`MAX_ACTORS`]; reports for further actors are refused
 //!   with a logged warning (actor names come from config, so this is a wiring error).
+//! - The order journal reports as [`JOURNAL_ACTOR`]; it is a core component
+//!   ([`is_core_actor`]): while it is halted the daemon is not ready (`/health` answers 503).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +20,17 @@ use vpp_engine::Timestamp;
 
 /// Bound on the number of actors the registry tracks.
 pub const MAX_ACTORS: usize = 65_536;
+
+/// The name the order journal's writer reports its health under.
+pub const JOURNAL_ACTOR: &str = "journal";
+
+/// Core components: one of them halted makes the daemon not ready (a halted strategy does
+/// not).
+pub fn is_core_actor(actor: &str) -> bool {
+    matches!(actor, "oms" | "risk" | JOURNAL_ACTOR)
+        || actor.starts_with("dispatch/")
+        || actor.starts_with("aggregation/")
+}
 
 /// Health of one actor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +164,14 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use vpp_engine::clock::ManualClock;
+
+    #[test]
+    fn the_journal_is_a_core_component_and_strategies_are_not() {
+        assert!(is_core_actor(JOURNAL_ACTOR));
+        assert!(is_core_actor("oms"));
+        assert!(is_core_actor("dispatch/vpp-south"));
+        assert!(!is_core_actor("strategy/flow"));
+    }
 
     #[test]
     fn overall_is_degraded_while_any_actor_is_not_healthy() {

@@ -14,7 +14,7 @@
 //! - `/health` answers 200 when ready and 503 when not, with the same JSON body either way;
 //!   `?probe=live` answers liveness only (200 while the process serves HTTP).
 //! - Ready means: the engine runs, its venue session is `live`, no core actor (oms, risk,
-//!   dispatch, aggregation) is halted, and the journal's commit lag p99 is under
+//!   dispatch, aggregation, the order journal) is halted, and the journal's commit lag p99 is under
 //!   [`JOURNAL_LAG_READY_US`]. A halted strategy or a degraded actor leaves the daemon ready
 //!   but `degraded`.
 //! - Rendering takes the ledger lock once, copies counts out and releases it.
@@ -207,9 +207,7 @@ pub struct HealthReport {
 }
 
 fn is_core(actor: &str) -> bool {
-    matches!(actor, "oms" | "risk")
-        || actor.starts_with("dispatch/")
-        || actor.starts_with("aggregation/")
+    vpp_actors::health::is_core_actor(actor)
 }
 
 pub fn health_report(state: &ApiState) -> HealthReport {

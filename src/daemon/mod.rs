@@ -1,6 +1,8 @@
 //! `vpp run`: boots the actor system from a [`Park`] and runs it until a signal or `--for`.
 //!
 //! Start-up order (crash recovery), each step finished before the next begins:
+//! 0. take the store lease (one writing daemon per store): a daemon on a held store exits at
+//!    once, non-zero, naming the holder; the journal commits fenced by the lease epoch;
 //! 1. replay the journal into the order ledger (orders and positions);
 //! 2. record a boot in the audit log: its id is the boot epoch, part of every client order id
 //!    prefix (`s<strategy>b<epoch>-<n>`), so ids never repeat across restarts;
@@ -11,10 +13,17 @@
 //! 5. only then start the strategies, seeded with their open orders and positions.
 //!
 //! Shutdown (SIGINT, SIGTERM or `--for` elapsed): open orders are cancelled or kept per
-//! `--keep-orders`, the journal is flushed, the process exits 0.
+//! `--keep-orders`, the venue session ends, then every store writer is closed and drained in
+//! turn (the order journal, risk events and audit, dispatch instructions, settlement records),
+//! the lease is released, and only then the store closes: nothing writes to a closed store.
+//! The process exits 0, or non-zero when events could not be journaled.
+//!
+//! While running, the journal monitor ([`journal::monitor`]) stops trading when the journal
+//! cannot record (see docs/operations.md).
 
 pub mod catalog;
 pub mod control;
+pub mod journal;
 pub mod park;
 pub mod session;
 pub mod shadow;
@@ -50,7 +59,7 @@ use vpp_engine::strategy::{timers_due, HostConfig, StrategyInit, StrategyParams,
 use vpp_engine::Timestamp;
 use vpp_market_adapters::client::{AdapterConfig, ConnectionState, VenueAdapter, WsAdapter};
 use vpp_market_adapters::protocol::Channel;
-use vpp_persistence::{AuditEntry, JournalConfig, Store};
+use vpp_persistence::{AuditEntry, LeaseHolder, LeaseWait, Store};
 use vpp_risk::{RiskConfig, RiskEngine};
 
 /// How `vpp run` runs. Its `Debug` never shows the venue API key.
@@ -195,6 +204,12 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         .unwrap_or_default();
     tracing::info!(%url, in_process = in_process.is_some(), "venue");
 
+    // 0. One writing daemon per store: nothing is written before the lease is ours.
+    let lease = store
+        .acquire_lease(LeaseHolder::this_process(), LeaseWait::FailIfHeld)
+        .await
+        .context("cannot take the store lease")?;
+
     for market in &park.markets {
         store
             .upsert_market(market)
@@ -209,13 +224,12 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
 
     // 1. Journal replay.
     let metrics = rt.metrics.clone();
-    let commit_lag = metrics.latency(Stage::JournalCommitLag, "journal");
-    let journal_cfg = JournalConfig {
-        on_commit: Some(Arc::new(move |b: &vpp_persistence::BatchCommitted| {
-            commit_lag.record(b.commit_latency);
-        })),
-        ..JournalConfig::default()
-    };
+    let journal_cfg = journal::journal_config(
+        &park.journal,
+        lease.epoch(),
+        &metrics,
+        metrics.latency(Stage::JournalCommitLag, "journal"),
+    );
     let started = store
         .start_journal(journal_cfg)
         .await
@@ -243,6 +257,10 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         })
         .await
         .context("cannot record the boot in the audit log")?;
+    lease
+        .set_boot(epoch)
+        .await
+        .context("cannot record the boot in the store lease")?;
 
     // 3. Reconcile with the venue before anything trades.
     let symbols: HashMap<String, vpp_engine::ids::MarketId> = park
@@ -350,12 +368,18 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         live.risk.clone(),
     ));
 
+    let journal_monitor = actix::spawn(journal::monitor(
+        journal.clone(),
+        live.risk.clone(),
+        rt.clone(),
+    ));
     let status = actix::spawn(status_loop(
         rt.clone(),
         Arc::clone(&clock),
         Arc::clone(&live.ledger),
         opts.status_every,
         opts.data_dir.clone(),
+        journal.clone(),
     ));
     match opts.run_for {
         Some(d) => {
@@ -369,21 +393,28 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
             tracing::info!("signal received; shutting down");
         }
     }
+    journal_monitor.abort();
     status.abort();
     timers.abort();
     if let Some(api) = api {
         api.stop(true).await;
     }
-    shutdown(live, &journal, &opts).await;
+    let journaled = shutdown(live, &journal, &opts).await;
     if let Some(mqtt) = mqtt {
         mqtt.shutdown(Duration::from_secs(2)).await;
     }
     write_latency(&rt.metrics.snapshot(), &opts.data_dir);
     write_shadow_reports(&shadows, &opts.data_dir);
     drop(in_process);
+    if let Err(e) = lease.release().await {
+        tracing::error!(error = %e, "store lease not released cleanly");
+    }
     store.close().await;
     tracing::info!("stopped");
-    Ok(())
+    match journaled {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!("the daemon ended with events it could not journal: {e}"),
+    }
 }
 
 /// Handles of the running core.
@@ -402,6 +433,8 @@ struct Live {
     telemetry_members: Vec<std::collections::HashSet<vpp_engine::ids::ResourceId>>,
     risk_engine: vpp_actors::live::risk::SharedRisk,
     risk_control: actix::Recipient<vpp_actors::live::messages::RiskControl>,
+    /// The store writers besides the order journal, closed in this order at shutdown.
+    writers: Vec<(&'static str, vpp_actors::live::writer::WriterTask)>,
 }
 
 /// Starts the operator API on `opts.api_listen` (none when empty) over the live handles.
@@ -501,8 +534,10 @@ async fn start_core(
     let mut dispatch = Vec::new();
     let mut telemetry = Vec::new();
     let mut telemetry_members = Vec::new();
-    let (dispatch_journal, _) = DispatchJournal::spawn(store.clone(), 8_192, &rt.metrics);
-    let (settlement_writer, _) = SettlementWriter::spawn(store.clone(), 1_024, &rt.metrics);
+    let (dispatch_journal, dispatch_task) =
+        DispatchJournal::spawn(store.clone(), 8_192, &rt.metrics);
+    let (settlement_writer, settlement_task) =
+        SettlementWriter::spawn(store.clone(), 1_024, &rt.metrics);
     // Every Settlement actor also takes the venue's regulation and DR announcements.
     let mut settlements = Vec::new();
     let markets: HashMap<_, _> = park.markets.iter().map(|m| (m.id, m.clone())).collect();
@@ -590,10 +625,18 @@ async fn start_core(
         telemetry_members.push(agg.members.iter().map(|m| m.resource_id).collect());
     }
 
+    // `before_send`: the OMS's commands pass a gate that waits for their journal commit.
+    let (oms_connector, gate_rx) = match park.journal.durability {
+        crate::config::Durability::GroupCommit => (conn_tx.clone(), None),
+        crate::config::Durability::BeforeSend => {
+            let (tx, rx) = mpsc::channel(1_024);
+            (tx, Some(rx))
+        }
+    };
     let oms_w = OmsWiring {
         ledger: Arc::clone(&ledger),
-        journal,
-        connector: conn_tx,
+        journal: journal.clone(),
+        connector: oms_connector,
         risk: Arc::clone(&risk_slot),
         strategies: Arc::clone(&routes),
         dispatch: dispatch.clone(),
@@ -609,7 +652,19 @@ async fn start_core(
         move |_: &SharedLedger| Ok(OmsLogic::new(rebuild_w.clone())),
     )?
     .start();
+    if let Some(gate_rx) = gate_rx {
+        tracing::info!("journal durability before_send: each order is committed before it is sent");
+        actix::spawn(journal::before_send_gate(
+            journal.clone(),
+            gate_rx,
+            conn_tx.clone(),
+            oms.sender(),
+        ));
+    }
+    drop(conn_tx);
     let shared_risk = Arc::new(Mutex::new(risk_engine(park)?));
+    let (risk_journal, risk_task) =
+        vpp_actors::live::risk::RiskJournal::spawn(store.clone(), 4_096, &rt.metrics);
     let risk_w = RiskWiring {
         engine: Arc::clone(&shared_risk),
         clock: Arc::clone(clock),
@@ -617,9 +672,7 @@ async fn start_core(
         strategies: Arc::clone(&routes),
         metrics: rt.metrics.clone(),
         // Rejections, alerts and kill-switch/limit audits: bounded channel, batching writer.
-        journal: Some(
-            vpp_actors::live::risk::RiskJournal::spawn(store.clone(), 4_096, &rt.metrics).0,
-        ),
+        journal: Some(risk_journal),
     };
     let rebuild_w = risk_w.clone();
     let risk = SupervisedActor::new(
@@ -742,6 +795,11 @@ async fn start_core(
         setpoints_rx: Some(sp_rx),
         telemetry,
         telemetry_members,
+        writers: vec![
+            ("risk events and audit", risk_task),
+            ("dispatch instructions", dispatch_task),
+            ("settlement records", settlement_task),
+        ],
     })
 }
 
@@ -1028,6 +1086,7 @@ fn status_line(
     ledger: &SharedLedger,
     now: Timestamp,
     health: &vpp_actors::HealthSnapshot,
+    journal: &vpp_persistence::JournalHealth,
 ) -> String {
     let connected: i64 = m
         .gauges
@@ -1043,7 +1102,7 @@ fn status_line(
         .latency(Stage::OmsToWire, "tick_to_order")
         .map_or_else(|| "-".to_owned(), |s| format!("{:.0}us", s.p99_us));
     format!(
-        "sim {} | {} | connections {connected} | orders {} (open {open}) | fills {} | positions {positions} | p99 tick-to-order {p99} | restarts {}",
+        "sim {} | {} | connections {connected} | orders {} (open {open}) | fills {} | positions {positions} | p99 tick-to-order {p99} | restarts {}{}",
         now.format("%Y-%m-%d %H:%M"),
         match health.status {
             vpp_actors::OverallHealth::Healthy => "healthy".to_owned(),
@@ -1061,6 +1120,11 @@ fn status_line(
         sum_counters(m, metric_names::ORDERS_TOTAL),
         sum_counters(m, vpp_actors::live::oms::names::FILLS_TOTAL),
         sum_counters(m, metric_names::RESTARTS_TOTAL),
+        if journal.is_healthy() {
+            String::new()
+        } else {
+            format!(" | JOURNAL UNAVAILABLE, not trading: {journal}")
+        },
     )
 }
 
@@ -1070,6 +1134,7 @@ async fn status_loop(
     ledger: SharedLedger,
     every: Duration,
     data_dir: PathBuf,
+    journal: vpp_persistence::JournalWriter,
 ) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.tick().await;
@@ -1077,7 +1142,7 @@ async fn status_loop(
         tick.tick().await;
         let snapshot = rt.metrics.snapshot();
         let health = rt.health.snapshot();
-        let line = status_line(&snapshot, &ledger, clock.now(), &health);
+        let line = status_line(&snapshot, &ledger, clock.now(), &health, &journal.health());
         tracing::info!(target: "vpp::status", "{line}");
         write_latency(&snapshot, &data_dir);
     }
@@ -1108,7 +1173,13 @@ pub fn read_latency(data_dir: &Path) -> anyhow::Result<MetricsSnapshot> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not a snapshot", path.display()))
 }
 
-async fn shutdown(live: Live, journal: &vpp_persistence::JournalWriter, opts: &RunOptions) {
+/// Stops trading, then closes every store writer (the order journal first); `Err` names what
+/// could not be journaled.
+async fn shutdown(
+    mut live: Live,
+    journal: &vpp_persistence::JournalWriter,
+    opts: &RunOptions,
+) -> Result<u64, String> {
     // No new orders from here on, whatever the strategies still decide.
     let kill = ToRisk::KillAll {
         reason: "daemon shutdown".into(),
@@ -1143,10 +1214,32 @@ async fn shutdown(live: Live, journal: &vpp_persistence::JournalWriter, opts: &R
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clear();
+    // Strategies get no more market data: nothing new is decided (and refused) from here on.
+    live.md
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
     live.adapter.shutdown().await;
     drop(live.setpoints);
-    match journal.flush().await {
-        Ok(seq) => tracing::info!(committed_seq = seq, "journal flushed"),
-        Err(e) => tracing::error!(error = %e, "journal flush failed"),
+    // Close the writers before the store: each drains what is queued, then refuses.
+    let journaled = match tokio::time::timeout(Duration::from_secs(15), journal.close()).await {
+        Ok(Ok(seq)) => {
+            tracing::info!(committed_seq = seq, "journal flushed and closed");
+            Ok(seq)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "journal closed with events not journaled");
+            Err(e.to_string())
+        }
+        Err(_) => {
+            tracing::error!("journal did not close within 15 s");
+            Err("the journal did not close within 15 s".to_owned())
+        }
+    };
+    for (name, writer) in live.writers.drain(..) {
+        if !writer.close(Duration::from_secs(5)).await {
+            tracing::error!(writer = name, "store writer did not drain within 5 s");
+        }
     }
+    journaled
 }

@@ -100,11 +100,13 @@ impl DispatchJournal {
         store: Store,
         capacity: usize,
         metrics: &Metrics,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> (Self, super::writer::WriterTask) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let written = metrics.counter(JOURNAL_TOTAL, &[("result", "written")]);
         let failed = metrics.counter(JOURNAL_TOTAL, &[("result", "failed")]);
-        let task = tokio::spawn(journal_writer(store, rx, written, failed));
+        let task = super::writer::WriterTask::spawn(move |close| {
+            journal_writer(store, rx, written, failed, close)
+        });
         let journal = Self {
             tx: Some(tx),
             queued: metrics.counter(JOURNAL_TOTAL, &[("result", "queued")]),
@@ -150,9 +152,10 @@ async fn journal_writer(
     mut rx: mpsc::Receiver<StoredInstruction>,
     written: Counter,
     failed: Counter,
+    mut close: super::writer::CloseSignal,
 ) {
     let mut batch = Vec::with_capacity(JOURNAL_BATCH);
-    while rx.recv_many(&mut batch, JOURNAL_BATCH).await > 0 {
+    while close.recv_many(&mut rx, &mut batch, JOURNAL_BATCH).await > 0 {
         for d in batch.drain(..) {
             match store.insert_dispatch_instruction(&d).await {
                 Ok(_) => written.inc(),
@@ -743,7 +746,7 @@ mod tests {
 
         // Journal: three award instructions, then the correction's, with their cause.
         drop(r);
-        writer.await.unwrap();
+        assert!(writer.close(std::time::Duration::from_secs(10)).await);
         let rows = store
             .list_dispatch_instructions(None, 0, 100)
             .await

@@ -29,6 +29,7 @@ pub mod risk;
 pub mod settlement;
 pub mod strategies;
 pub mod strategy;
+pub mod writer;
 
 #[cfg(test)]
 mod tests;

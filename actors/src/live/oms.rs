@@ -5,9 +5,12 @@
 //! (positions after a fill).
 //!
 //! Invariants:
-//! - An order is journaled (submitted) before it is handed to the connector, and the connector
-//!   slot is reserved before it is journaled: a full connector or a full journal refuses the
-//!   intent back to the strategy with a reason, before anything changed.
+//! - An order is journaled (submitted, its sequence assigned) before it is handed to the
+//!   connector, and the connector slot is reserved before it is journaled: a full connector or
+//!   a full journal refuses the intent back to the strategy with a reason, and nothing is sent.
+//! - While the journal is unhealthy (writer failing or stopped, or lagging beyond its bound)
+//!   every new order is refused with [`JOURNAL_UNAVAILABLE`] before anything changed: nothing
+//!   trades that the journal cannot record.
 //! - The hot path never awaits the database: `try_submit` only enqueues. If the daemon dies
 //!   between sending and the journal commit, start-up reconciliation adopts the order from the
 //!   venue (`Recovered`), so nothing acknowledged is lost.
@@ -50,6 +53,9 @@ pub struct OmsWiring {
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
 }
+
+/// The reject code of an order refused because the journal cannot record it.
+pub const JOURNAL_UNAVAILABLE: &str = "journal_unavailable";
 
 /// Most cancels waiting for their order's acknowledgement.
 pub const MAX_DEFERRED_CANCELS: usize = 10_000;
@@ -146,6 +152,11 @@ impl OmsLogic {
             let msg = format!("{} already exists", request.client_order_id);
             return self.refuse(&request, "duplicate_client_order_id", msg);
         }
+        let journal = self.w.journal.health();
+        if !journal.is_healthy() {
+            self.journal_refused.inc();
+            return self.refuse(&request, JOURNAL_UNAVAILABLE, journal.to_string());
+        }
         let Ok(permit) = self.w.connector.try_reserve() else {
             let msg = "the market connector's queue is full; retry later".to_owned();
             return self.refuse(&request, "connector_full", msg);
@@ -161,10 +172,11 @@ impl OmsLogic {
             return self.refuse(&request, "invalid_order", e.to_string());
         }
         if let Err(e) = self.w.journal.try_submit(event.clone()) {
-            // The ledger already holds it; the order goes out anyway and the venue's
-            // reconciliation at restart adopts it if the journal never caught up.
+            // Not journaled, so not sent: the ledger ends it rejected locally.
             self.journal_refused.inc();
-            tracing::error!(error = %e, "journal refused a created order");
+            tracing::error!(error = %e, "journal refused a created order; not sent");
+            self.end_unsent(&request.client_order_id, "journal refused it");
+            return self.refuse(&request, JOURNAL_UNAVAILABLE, e.to_string());
         }
         let outcome = Outcome {
             from: None,
@@ -178,6 +190,28 @@ impl OmsLogic {
             t0_ns,
             oms_ns: self.w.clock.monotonic_ns(),
         });
+    }
+
+    /// Ends an order that was created in the ledger but never journaled nor sent.
+    fn end_unsent(&self, id: &ClientOrderId, why: &str) {
+        let mut ledger = self.ledger();
+        let report = ExecReport {
+            seq: ledger.last_report_seq().max(1),
+            client_order_id: id.clone(),
+            venue_order_id: None,
+            kind: vpp_engine::order::ExecKind::Rejected {
+                reason: format!("not sent: {why}"),
+            },
+            at: self.w.clock.now(),
+        };
+        let event = OrderEvent {
+            client_order_id: id.clone(),
+            at: report.at,
+            kind: OrderEventKind::Report { report },
+        };
+        if let Err(e) = ledger.apply(&event) {
+            tracing::error!(client_order_id = %id, error = %e, "cannot end an unsent order");
+        }
     }
 
     fn cancel(&mut self, id: ClientOrderId, reason: &str) {
@@ -442,5 +476,62 @@ mod tests {
         assert_eq!(replayed.open_orders().count(), 0);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn no_order_is_sent_while_the_journal_cannot_record_it() {
+        let start = chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(start));
+        let store = vpp_persistence::Store::open("sqlite::memory:")
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let journal = store
+            .start_journal(vpp_persistence::JournalConfig::default())
+            .await
+            .unwrap()
+            .writer;
+        let ledger: SharedLedger = Arc::new(Mutex::new(OrderLedger::new()));
+        let (conn_tx, mut conn_rx) = mpsc::channel(8);
+        let metrics = Metrics::new();
+        let mut oms = OmsLogic::new(OmsWiring {
+            ledger: Arc::clone(&ledger),
+            journal: journal.clone(),
+            connector: conn_tx,
+            risk: Arc::new(OnceLock::new()),
+            strategies: Arc::new(Mutex::new(HashMap::new())),
+            dispatch: Vec::new(),
+            clock,
+            metrics: metrics.clone(),
+        });
+        // The journal stops (here: closed; in the daemon: a writer that cannot commit).
+        journal.close().await.unwrap();
+        assert!(!journal.health().is_healthy());
+        let id = ClientOrderId::new("s1b1-9").unwrap();
+        let request = OrderRequest {
+            client_order_id: id.clone(),
+            strategy_id: Some(StrategyId(1)),
+            aggregation_id: AggregationId(1),
+            market_id: MarketId(1),
+            product: Product::Energy,
+            interval: DeliveryInterval::containing(start + chrono::Duration::hours(2)),
+            side: Side::Sell,
+            quantity_mw: Decimal::ONE,
+            price_cny_per_mwh: Decimal::from(300),
+            time_in_force: TimeInForce::Gtc,
+        };
+        let intent = Intent {
+            intent: OrderIntent::New(request),
+            t0_ns: 0,
+        };
+        oms.handle(ToOms::Approved(intent)).unwrap();
+        assert!(conn_rx.try_recv().is_err(), "nothing reaches the connector");
+        assert!(!ledger.lock().unwrap().contains(&id), "nothing changed");
+        let snap = metrics.snapshot();
+        assert_eq!(snap.counter(names::JOURNAL_REFUSED_TOTAL, &[]), Some(1));
+        assert_eq!(
+            snap.counter(crate::metrics::names::REJECTS_TOTAL, &[("stage", "oms")]),
+            Some(1)
+        );
     }
 }

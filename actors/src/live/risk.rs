@@ -80,9 +80,11 @@ impl RiskJournal {
         store: Store,
         capacity: usize,
         metrics: &Metrics,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> (Self, super::writer::WriterTask) {
         let (journal, rx) = Self::channel(capacity, metrics);
-        let task = tokio::spawn(write_records(store, rx, metrics.clone()));
+        let metrics = metrics.clone();
+        let task =
+            super::writer::WriterTask::spawn(move |close| write_records(store, rx, metrics, close));
         (journal, task)
     }
 
@@ -105,14 +107,23 @@ impl RiskJournal {
 /// The writer task: takes what is queued (up to [`RISK_JOURNAL_BATCH`]) and stores it, so a
 /// burst costs one wake-up, not one per record. A store error is counted and logged; the
 /// writer keeps going.
-async fn write_records(store: Store, mut rx: mpsc::Receiver<RiskRecord>, metrics: Metrics) {
+async fn write_records(
+    store: Store,
+    mut rx: mpsc::Receiver<RiskRecord>,
+    metrics: Metrics,
+    mut close: super::writer::CloseSignal,
+) {
     let failed_events = metrics.counter(
         names::RISK_JOURNAL_FAILED_TOTAL,
         &[("table", "risk_events")],
     );
     let failed_audit = metrics.counter(names::RISK_JOURNAL_FAILED_TOTAL, &[("table", "audit_log")]);
     let mut batch = Vec::with_capacity(RISK_JOURNAL_BATCH);
-    while rx.recv_many(&mut batch, RISK_JOURNAL_BATCH).await > 0 {
+    while close
+        .recv_many(&mut rx, &mut batch, RISK_JOURNAL_BATCH)
+        .await
+        > 0
+    {
         for record in batch.drain(..) {
             let (result, failed) = match &record {
                 RiskRecord::Event(e) => (store.insert_risk_event(e).await, &failed_events),

@@ -213,18 +213,21 @@ impl SettlementWriter {
         store: Store,
         capacity: usize,
         metrics: &Metrics,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> (Self, super::writer::WriterTask) {
         let (tx, mut rx) = mpsc::channel::<StoredRecord>(capacity.max(1));
         let written = metrics.counter(RECORDS_TOTAL, &[("result", "written")]);
         let failed = metrics.counter(RECORDS_TOTAL, &[("result", "failed")]);
-        let task = tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                match store.insert_settlement(&r).await {
-                    Ok(_) => written.inc(),
-                    Err(e) => {
-                        failed.inc();
-                        tracing::error!(error = %e, aggregation = %r.aggregation_id,
-                            "settlement record could not be written");
+        let task = super::writer::WriterTask::spawn(move |mut close| async move {
+            let mut batch = Vec::with_capacity(64);
+            while close.recv_many(&mut rx, &mut batch, 64).await > 0 {
+                for r in batch.drain(..) {
+                    match store.insert_settlement(&r).await {
+                        Ok(_) => written.inc(),
+                        Err(e) => {
+                            failed.inc();
+                            tracing::error!(error = %e, aggregation = %r.aggregation_id,
+                                "settlement record could not be written");
+                        }
                     }
                 }
             }
