@@ -151,6 +151,8 @@ pub struct QueueDepth {
 pub struct BenchReport {
     pub machine: String,
     pub build: &'static str,
+    /// The park's `[journal] durability` the path ran with.
+    pub journal_durability: &'static str,
     pub rss_idle_kib: u64,
     pub rates: Vec<RateResult>,
     /// Probe runs towards the highest sustained rate.
@@ -186,6 +188,10 @@ pub fn run(park: &Park, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             "debug"
         } else {
             "release"
+        },
+        journal_durability: match park.journal.durability {
+            vpp::config::Durability::GroupCommit => "group_commit",
+            vpp::config::Durability::BeforeSend => "before_send",
         },
         rss_idle_kib,
         rates,
@@ -455,11 +461,20 @@ async fn run_system(
     let routes: StrategyRoutes = Arc::new(Mutex::new(HashMap::new()));
     let ledger: SharedLedger = Arc::new(Mutex::new(vpp_engine::ledger::OrderLedger::new()));
     let (conn_tx, conn_rx) = mpsc::channel(CONNECTOR_QUEUE);
+    // The park's `[journal] durability`: `before_send` puts the daemon's commit gate between
+    // the OMS and the connector, so its cost is on the measured path.
+    let (oms_connector, gate_rx) = match park.journal.durability {
+        vpp::config::Durability::GroupCommit => (conn_tx.clone(), None),
+        vpp::config::Durability::BeforeSend => {
+            let (tx, rx) = mpsc::channel(CONNECTOR_QUEUE);
+            (tx, Some(rx))
+        }
+    };
     let risk_slot = Arc::new(OnceLock::new());
     let oms_w = OmsWiring {
         ledger: Arc::clone(&ledger),
         journal: journal.clone(),
-        connector: conn_tx,
+        connector: oms_connector,
         risk: Arc::clone(&risk_slot),
         strategies: Arc::clone(&routes),
         dispatch: Vec::new(),
@@ -474,6 +489,15 @@ async fn run_system(
         move |_: &SharedLedger| Ok(OmsLogic::new(rebuild.clone())),
     )?
     .start();
+    if let Some(gate_rx) = gate_rx {
+        actix::spawn(vpp::daemon::journal::before_send_gate(
+            journal.clone(),
+            gate_rx,
+            conn_tx.clone(),
+            oms.sender(),
+        ));
+    }
+    drop(conn_tx);
     let risk_w = RiskWiring {
         engine: Arc::new(Mutex::new(risk_engine(&park)?)),
         clock: Arc::clone(&clock),
@@ -792,9 +816,10 @@ pub fn render(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "vpp bench ({} build; {}; idle RSS {:.1} MiB)",
+        "vpp bench ({} build; {}; journal durability {}; idle RSS {:.1} MiB)",
         report.build,
         report.machine,
+        report.journal_durability,
         report.rss_idle_kib as f64 / 1024.0
     );
     let _ = writeln!(
