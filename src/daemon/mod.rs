@@ -1224,7 +1224,7 @@ async fn shutdown(
     // Close the writers before the store: each drains what is queued, then refuses.
     let journaled = match tokio::time::timeout(Duration::from_secs(15), journal.close()).await {
         Ok(Ok(seq)) => {
-            tracing::info!(committed_seq = seq, "journal flushed and closed");
+            tracing::info!(committed_seq = seq, closed = true, "journal flushed");
             Ok(seq)
         }
         Ok(Err(e)) => {
