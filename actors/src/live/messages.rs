@@ -178,6 +178,13 @@ pub enum ToOms {
         client_order_id: ClientOrderId,
         reason: String,
     },
+    /// The venue adapter ended an order locally: never sent (`cancelled_unsent`) or unknown to
+    /// the venue after a reset (`lost`). Journaled terminal; its strategy hears it.
+    Ended {
+        client_order_id: ClientOrderId,
+        end: vpp_market_adapters::client::OrderEnd,
+        reason: String,
+    },
     /// A strategy was halted past its restart limit: cancel its open orders.
     HaltStrategy(StrategyId),
     /// Shutdown: cancel every open order.
