@@ -84,6 +84,8 @@ pub struct EngineHandle {
     manual_seq: AtomicU64,
     /// The shadow strategies' paper venues (empty without shadow strategies).
     shadows: super::shadow::Shadows,
+    /// Actor health (a strategy halted by its supervisor shows there).
+    health: Option<vpp_actors::HealthRegistry>,
 }
 
 /// `GET /engine`.
@@ -112,7 +114,13 @@ pub struct StrategyStatus {
     pub kind: String,
     pub aggregation_id: u64,
     pub market_id: u64,
+    /// Configured enabled and not halted.
     pub enabled: bool,
+    /// Halted by its supervisor past the restart limit (its orders were cancelled; messages
+    /// to it are refused and counted); an operator must resume it.
+    pub halted: bool,
+    /// Why it halted, when it did.
+    pub halt_cause: Option<String>,
     pub kill_switch_engaged: bool,
     pub open_orders: usize,
 }
@@ -296,6 +304,22 @@ impl EngineHandle {
             venue_url: redact_url(venue_url),
             manual_seq: AtomicU64::new(0),
             shadows: Vec::new(),
+            health: None,
+        }
+    }
+
+    /// The actors' health, so a strategy halted by its supervisor shows as halted.
+    pub fn with_health(mut self, health: vpp_actors::HealthRegistry) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// The halt cause of a strategy halted by its supervisor.
+    fn halted(&self, name: &str) -> Option<String> {
+        let health = self.health.as_ref()?.get(&format!("strategy/{name}"))?;
+        match health {
+            vpp_actors::Health::Halted(cause) => Some(cause),
+            _ => None,
         }
     }
 
@@ -443,15 +467,20 @@ impl EngineHandle {
                 .park
                 .strategies
                 .iter()
-                .map(|s| StrategyStatus {
-                    id: s.id.0,
-                    name: s.name.clone(),
-                    kind: s.kind.clone(),
-                    aggregation_id: s.aggregation_id.0,
-                    market_id: s.market_id.0,
-                    enabled: s.enabled,
-                    kill_switch_engaged: engaged.contains(&s.id),
-                    open_orders: open_by_strategy.get(&s.id).copied().unwrap_or(0),
+                .map(|s| {
+                    let halt_cause = self.halted(&s.name);
+                    StrategyStatus {
+                        id: s.id.0,
+                        name: s.name.clone(),
+                        kind: s.kind.clone(),
+                        aggregation_id: s.aggregation_id.0,
+                        market_id: s.market_id.0,
+                        enabled: s.enabled && halt_cause.is_none(),
+                        halted: halt_cause.is_some(),
+                        halt_cause,
+                        kill_switch_engaged: engaged.contains(&s.id),
+                        open_orders: open_by_strategy.get(&s.id).copied().unwrap_or(0),
+                    }
                 })
                 .collect(),
             boot_epoch: self.epoch,

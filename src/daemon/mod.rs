@@ -460,7 +460,8 @@ async fn start_api(
         epoch,
         url,
     )
-    .with_shadows(shadows.clone());
+    .with_shadows(shadows.clone())
+    .with_health(rt.health.clone());
     let state = crate::api::ApiState::new(
         store.clone(),
         Some(Arc::new(engine)),

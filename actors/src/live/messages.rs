@@ -43,7 +43,13 @@ pub enum ToStrategy {
 
 impl Refusable for ToStrategy {
     fn refuse(self, reason: &Refused) {
-        tracing::warn!(reason = %reason, message = ?self, "strategy message refused");
+        let what = match &self {
+            ToStrategy::Capacity(_) => "capacity",
+            ToStrategy::Exec { .. } => "exec_report",
+            ToStrategy::Rejected(_) => "rejection",
+            ToStrategy::Timer(_) => "timer",
+        };
+        super::strategy::log_refused(reason, what);
     }
 }
 

@@ -580,7 +580,11 @@ mod tests {
             OrderStatus::CancelledUnsent
         );
         assert_eq!(replayed.order(&acked).unwrap().status, OrderStatus::Lost);
-        assert_eq!(replayed.open_orders().count(), 0, "nothing to send at next boot");
+        assert_eq!(
+            replayed.open_orders().count(),
+            0,
+            "nothing to send at next boot"
+        );
         assert_eq!(replayed.last_report_seq(), 0, "rebased to the reset venue");
         let snap = metrics.snapshot();
         assert_eq!(snap.counter(names::ORDERS_LOST_TOTAL, &[]), Some(1));
