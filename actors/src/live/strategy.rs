@@ -428,6 +428,9 @@ mod refusal_log_tests {
         }
         assert_eq!(lines, 4, "one line per strategy per started minute");
         let next = log.allow("strategy/a", t0 + Duration::from_secs(121));
-        assert!(matches!(next, Some(n) if n >= 100), "suppressed lines are reported: {next:?}");
+        assert!(
+            matches!(next, Some(n) if n >= 100),
+            "suppressed lines are reported: {next:?}"
+        );
     }
 }

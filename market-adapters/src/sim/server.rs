@@ -695,6 +695,10 @@ fn on_frame(shared: &Shared, s: &mut Session, msg: Message) -> bool {
             }
         }
         (request, Some(account)) => {
+            if let ClientMsg::NewOrder(o) = &request {
+                // One line per arrival (drills count them: no client order id twice).
+                tracing::debug!(target: "vpp_venue_orders", client_order_id = %o.client_order_id, "new_order received");
+            }
             let effects = core.venue.handle(account, request, now);
             core.route(Some(s.id), effects);
         }
