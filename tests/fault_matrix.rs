@@ -46,14 +46,18 @@ pub enum Fault {
     VenueKill9StateLoss,
     /// SIGTERM with orders queued in the daemon behind the venue's rate limit.
     SigtermFullRateQueue,
+    /// `kill -9` of the daemon, then of the venue (state lost while the daemon is down), then
+    /// the daemon starts again: the reset is seen at start-up.
+    VenueResetWhileDaemonDown,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 5] = [
         Fault::DaemonKill9,
         Fault::DaemonKill9AfterManualBurst,
         Fault::VenueKill9StateLoss,
         Fault::SigtermFullRateQueue,
+        Fault::VenueResetWhileDaemonDown,
     ];
 }
 
@@ -330,6 +334,31 @@ fn inject(h: &mut Harness, fault: Fault, d: Daemon) -> Daemon {
             );
             assert_eq!(r.status, 200, "release: {:?}", r.body);
             h.wait_trading(&mut d);
+            d
+        }
+        Fault::VenueResetWhileDaemonDown => {
+            h.manual_burst(&d, 4);
+            std::thread::sleep(Duration::from_millis(300 + h.rng.below(700)));
+            kill9(&mut d.child);
+            drop(d);
+            h.restart_venue_with_state_loss();
+            let mut d = h.boot();
+            h.wait_trading(&mut d);
+            // With acknowledged orders open in the journal the reset is seen at start-up and
+            // the kill switch engages; the operator resumes.
+            let reset_seen = (0..20).any(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                h.engine(&d)["global_kill_switch"]["why"].as_str() == Some("venue_reset")
+            });
+            if reset_seen {
+                let r = post(
+                    &d.addr,
+                    "/api/v1/engine/start",
+                    h.token(),
+                    r#"{"reason":"drill: venue back"}"#,
+                );
+                assert_eq!(r.status, 200, "release: {:?}", r.body);
+            }
             d
         }
         Fault::SigtermFullRateQueue => {
