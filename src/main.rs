@@ -122,6 +122,8 @@ enum Command {
         listen: std::net::SocketAddr,
         #[command(flatten)]
         clock: ClockArgs,
+        #[command(flatten)]
+        drill: vpp::daemon::venue::DrillArgs,
     },
     /// Print the latency percentile tables of the running (or last) daemon.
     Latency {
@@ -319,10 +321,13 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             config,
             listen,
             clock,
+            drill,
         } => {
             let park = load_park(config.as_deref())?;
             let clock = std::sync::Arc::new(clock.clock(park.daemon.speed)?);
-            runtime()?.block_on(vpp::daemon::venue::run_market_sim(&park, listen, clock))
+            runtime()?.block_on(vpp::daemon::venue::run_market_sim(
+                &park, listen, clock, &drill,
+            ))
         }
         Command::Latency {
             config,

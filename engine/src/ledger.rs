@@ -27,6 +27,16 @@ pub enum OrderEventKind {
     CancelRequested { reason: String },
     /// The venue reported on the order.
     Report { report: ExecReport },
+    /// The order never left the daemon, or the venue never received it: `CancelledUnsent`.
+    Unsent { reason: String },
+    /// The venue does not know the order any more (venue reset): `Lost`. `venue_account_seq`,
+    /// when set, is the reset venue's report sequence: the ledger's high-water mark restarts
+    /// there, so later reports of the new venue session apply.
+    Lost {
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        venue_account_seq: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +53,8 @@ impl OrderEvent {
             OrderEventKind::Recovered { .. } => "recovered",
             OrderEventKind::CancelRequested { .. } => "cancel_requested",
             OrderEventKind::Report { report } => crate::order::exec_kind_name(&report.kind),
+            OrderEventKind::Unsent { .. } => "unsent",
+            OrderEventKind::Lost { .. } => "lost",
         }
     }
 }
@@ -115,7 +127,50 @@ impl OrderLedger {
                 })
             }
             OrderEventKind::Report { report } => self.apply_report(report),
+            OrderEventKind::Unsent { .. } => {
+                let order = self.order_mut(&event.client_order_id)?;
+                let from = order.status;
+                order.end_unsent(event.at)?;
+                Ok(Outcome {
+                    from: Some(from),
+                    to: Some(OrderStatus::CancelledUnsent),
+                    fill: None,
+                })
+            }
+            OrderEventKind::Lost {
+                venue_account_seq, ..
+            } => {
+                let order = self.order_mut(&event.client_order_id)?;
+                let from = order.status;
+                order.end_lost(event.at)?;
+                if let Some(seq) = venue_account_seq {
+                    self.last_report_seq = *seq;
+                }
+                Ok(Outcome {
+                    from: Some(from),
+                    to: Some(OrderStatus::Lost),
+                    fill: None,
+                })
+            }
         }
+    }
+
+    /// Seeds the ledger with an order's full state (a venue adapter taking over the journal's
+    /// open orders at start-up), so its status is the journal's, not `new`. Refused for an id
+    /// already held.
+    pub fn restore_order(&mut self, order: Order) -> Result<(), OrderError> {
+        if self.orders.contains_key(order.id()) {
+            return Err(OrderError::DuplicateClientOrderId(order.id().clone()));
+        }
+        self.last_report_seq = self.last_report_seq.max(order.last_report_seq);
+        self.orders.insert(order.id().clone(), order);
+        Ok(())
+    }
+
+    /// Restarts the account's report high-water mark (a venue session reset: the new
+    /// session's sequence starts again).
+    pub fn rebase_report_seq(&mut self, seq: u64) {
+        self.last_report_seq = seq;
     }
 
     fn create(
@@ -272,6 +327,75 @@ mod tests {
         a.sort_by(|x, y| x.id().cmp(y.id()));
         b.sort_by(|x, y| x.id().cmp(y.id()));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn unsent_and_lost_are_terminal_journaled_states_and_lost_rebases_the_report_seq() {
+        let mut ledger = OrderLedger::new();
+        ledger.apply(&created("a", Side::Sell)).unwrap();
+        ledger.apply(&created("b", Side::Buy)).unwrap();
+        ledger.apply(&reported(7, "b", ExecKind::Accepted)).unwrap();
+        let local = |id: &str, kind| OrderEvent {
+            client_order_id: ClientOrderId::new(id).unwrap(),
+            at: at(2),
+            kind,
+        };
+        // An acknowledged order cannot end unsent: the venue had it.
+        let unsent_b = local("b", OrderEventKind::Unsent { reason: "x".into() });
+        assert!(ledger.apply(&unsent_b).is_err());
+        let unsent_a = local(
+            "a",
+            OrderEventKind::Unsent {
+                reason: "shutdown".into(),
+            },
+        );
+        let out = ledger.apply(&unsent_a).unwrap();
+        assert_eq!(out.to, Some(OrderStatus::CancelledUnsent));
+        let lost_b = local(
+            "b",
+            OrderEventKind::Lost {
+                reason: "venue_reset".into(),
+                venue_account_seq: Some(0),
+            },
+        );
+        assert_eq!(ledger.apply(&lost_b).unwrap().to, Some(OrderStatus::Lost));
+        assert_eq!(
+            ledger.last_report_seq(),
+            0,
+            "the new venue session starts again"
+        );
+        assert_eq!(ledger.open_orders().count(), 0);
+        // Terminal for good: a late report or a second end changes nothing.
+        assert!(ledger.apply(&reported(8, "b", ExecKind::Accepted)).is_err());
+        assert!(ledger.apply(&lost_b).is_err());
+        assert!(ledger.apply(&unsent_a).is_err());
+        assert!(OrderStatus::Lost.is_terminal() && OrderStatus::CancelledUnsent.is_terminal());
+        assert_eq!(
+            OrderStatus::parse("cancelled_unsent").unwrap(),
+            OrderStatus::CancelledUnsent
+        );
+        // The journal's round trip of the new events.
+        let json = serde_json::to_string(&lost_b).unwrap();
+        assert_eq!(serde_json::from_str::<OrderEvent>(&json).unwrap(), lost_b);
+    }
+
+    #[test]
+    fn a_restored_order_keeps_its_status() {
+        let mut source = OrderLedger::new();
+        source.apply(&created("a", Side::Sell)).unwrap();
+        source.apply(&reported(3, "a", ExecKind::Accepted)).unwrap();
+        let order = source
+            .order(&ClientOrderId::new("a").unwrap())
+            .unwrap()
+            .clone();
+        let mut ledger = OrderLedger::new();
+        ledger.restore_order(order.clone()).unwrap();
+        assert_eq!(
+            ledger.order(order.id()).unwrap().status,
+            OrderStatus::Accepted
+        );
+        assert_eq!(ledger.last_report_seq(), 3);
+        assert!(ledger.restore_order(order).is_err());
     }
 
     #[test]

@@ -7,10 +7,19 @@
 //!    │               PendingCancel ◀──────────┘  │
 //!    ├──rejected──▶ Rejected          │           │
 //!    └──────────── cancelled / expired ──▶ Cancelled / Expired
+//!
+//!   New (never written to the venue) ──unsent──▶ CancelledUnsent
+//!   any open state ──lost (the venue does not know it)──▶ Lost
 //! ```
 //!
+//! `CancelledUnsent` and `Lost` are local terminal states, decided by the daemon, never by a
+//! venue report: `CancelledUnsent` for an order queued in the daemon and never sent (shutdown,
+//! connection lost before it went out) or one the venue says it never received; `Lost` for an
+//! order the venue acknowledged once and no longer knows (a venue reset with state loss).
+//!
 //! Invariants:
-//! - A terminal order (filled, cancelled, rejected, expired) never leaves its terminal state.
+//! - A terminal order (filled, cancelled, rejected, expired, cancelled_unsent, lost) never
+//!   leaves its terminal state.
 //! - A report whose sequence number is not above the last one applied to the order is stale:
 //!   it changes nothing and is counted by the caller.
 //! - A fill never takes the filled quantity above the order quantity; a fill id is applied once.
@@ -75,10 +84,14 @@ pub enum OrderStatus {
     Cancelled,
     Rejected,
     Expired,
+    /// Queued in the daemon and never sent (or never received by the venue): nothing executed.
+    CancelledUnsent,
+    /// The venue acknowledged it once and no longer knows it (venue reset with state loss).
+    Lost,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 8] = [
+    pub const ALL: [OrderStatus; 10] = [
         OrderStatus::New,
         OrderStatus::Accepted,
         OrderStatus::PartiallyFilled,
@@ -87,6 +100,8 @@ impl OrderStatus {
         OrderStatus::Cancelled,
         OrderStatus::Rejected,
         OrderStatus::Expired,
+        OrderStatus::CancelledUnsent,
+        OrderStatus::Lost,
     ];
 
     pub fn is_terminal(self) -> bool {
@@ -96,6 +111,8 @@ impl OrderStatus {
                 | OrderStatus::Cancelled
                 | OrderStatus::Rejected
                 | OrderStatus::Expired
+                | OrderStatus::CancelledUnsent
+                | OrderStatus::Lost
         )
     }
 
@@ -109,6 +126,8 @@ impl OrderStatus {
             OrderStatus::Cancelled => "cancelled",
             OrderStatus::Rejected => "rejected",
             OrderStatus::Expired => "expired",
+            OrderStatus::CancelledUnsent => "cancelled_unsent",
+            OrderStatus::Lost => "lost",
         }
     }
 
@@ -314,6 +333,25 @@ impl Order {
             }
             _ => Err(self.illegal("cancel_requested")),
         }
+    }
+
+    /// Local event: the order never left the daemon (or the venue says it never received it).
+    /// Only an order without any venue report may end so; on error it is unchanged.
+    pub fn end_unsent(&mut self, at: Timestamp) -> Result<Applied, OrderError> {
+        match self.status {
+            OrderStatus::New | OrderStatus::PendingCancel if self.never_acknowledged() => {
+                Ok(self.move_to(OrderStatus::CancelledUnsent, at))
+            }
+            _ => Err(self.illegal("unsent")),
+        }
+    }
+
+    /// Local event: the venue does not know this order any more. Fills already applied stay.
+    pub fn end_lost(&mut self, at: Timestamp) -> Result<Applied, OrderError> {
+        if self.status.is_terminal() {
+            return Err(self.illegal("lost"));
+        }
+        Ok(self.move_to(OrderStatus::Lost, at))
     }
 
     /// Applies a venue report. Stale reports (seq not above the last applied) and duplicate

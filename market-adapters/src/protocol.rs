@@ -296,6 +296,11 @@ pub struct LoginOk {
     pub server_time: Timestamp,
     pub heartbeat_interval_ms: u64,
     pub rate_limit: RateLimit,
+    /// Identifies the venue's state: it changes whenever the venue restarted and lost its
+    /// orders and report log (optional; a client that sees it change treats the venue as
+    /// reset, see docs/protocol.md §8.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue_epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -186,7 +186,8 @@ impl Store {
     pub async fn list_orders(&self, open_only: bool) -> Result<Vec<Order>, StoreError> {
         let sql = if open_only {
             "SELECT record_json FROM orders WHERE status NOT IN \
-             ('filled', 'cancelled', 'rejected', 'expired') ORDER BY client_order_id"
+             ('filled', 'cancelled', 'rejected', 'expired', 'cancelled_unsent', 'lost') \
+             ORDER BY client_order_id"
         } else {
             "SELECT record_json FROM orders ORDER BY client_order_id"
         };

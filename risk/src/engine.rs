@@ -682,6 +682,12 @@ impl RiskEngine {
                 }
             }
             OrderEventKind::CancelRequested { .. } => {}
+            // Ended locally (never sent, or unknown to a reset venue): no longer open exposure.
+            OrderEventKind::Unsent { .. } | OrderEventKind::Lost { .. } => {
+                if to.is_terminal() {
+                    self.close(key);
+                }
+            }
             OrderEventKind::Report { report } => {
                 if let Some(fill) = &outcome.fill {
                     self.on_fill(key, fill.quantity_mw);

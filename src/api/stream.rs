@@ -391,8 +391,12 @@ fn changed_orders_and_positions(state: &ApiState, seen: &mut Seen) -> Vec<Stream
     orders.truncate(MAX_EVENTS_PER_TICK);
     positions.truncate(MAX_EVENTS_PER_TICK);
     if seen.orders.len() > MAX_TRACKED_ORDERS {
-        seen.orders
-            .retain(|_, (_, st)| !matches!(*st, "filled" | "cancelled" | "rejected" | "expired"));
+        seen.orders.retain(|_, (_, st)| {
+            !matches!(
+                *st,
+                "filled" | "cancelled" | "rejected" | "expired" | "cancelled_unsent" | "lost"
+            )
+        });
     }
     let mut out = Vec::with_capacity(orders.len() + positions.len());
     for o in &orders {

@@ -84,6 +84,8 @@ pub struct EngineHandle {
     manual_seq: AtomicU64,
     /// The shadow strategies' paper venues (empty without shadow strategies).
     shadows: super::shadow::Shadows,
+    /// Actor health (a strategy halted by its supervisor shows there).
+    health: Option<vpp_actors::HealthRegistry>,
 }
 
 /// `GET /engine`.
@@ -112,7 +114,13 @@ pub struct StrategyStatus {
     pub kind: String,
     pub aggregation_id: u64,
     pub market_id: u64,
+    /// Configured enabled and not halted.
     pub enabled: bool,
+    /// Halted by its supervisor past the restart limit (its orders were cancelled; messages
+    /// to it are refused and counted); an operator must resume it.
+    pub halted: bool,
+    /// Why it halted, when it did.
+    pub halt_cause: Option<String>,
     pub kill_switch_engaged: bool,
     pub open_orders: usize,
 }
@@ -296,6 +304,22 @@ impl EngineHandle {
             venue_url: redact_url(venue_url),
             manual_seq: AtomicU64::new(0),
             shadows: Vec::new(),
+            health: None,
+        }
+    }
+
+    /// The actors' health, so a strategy halted by its supervisor shows as halted.
+    pub fn with_health(mut self, health: vpp_actors::HealthRegistry) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// The halt cause of a strategy halted by its supervisor.
+    fn halted(&self, name: &str) -> Option<String> {
+        let health = self.health.as_ref()?.get(&format!("strategy/{name}"))?;
+        match health {
+            vpp_actors::Health::Halted(cause) => Some(cause),
+            _ => None,
         }
     }
 
@@ -443,15 +467,20 @@ impl EngineHandle {
                 .park
                 .strategies
                 .iter()
-                .map(|s| StrategyStatus {
-                    id: s.id.0,
-                    name: s.name.clone(),
-                    kind: s.kind.clone(),
-                    aggregation_id: s.aggregation_id.0,
-                    market_id: s.market_id.0,
-                    enabled: s.enabled,
-                    kill_switch_engaged: engaged.contains(&s.id),
-                    open_orders: open_by_strategy.get(&s.id).copied().unwrap_or(0),
+                .map(|s| {
+                    let halt_cause = self.halted(&s.name);
+                    StrategyStatus {
+                        id: s.id.0,
+                        name: s.name.clone(),
+                        kind: s.kind.clone(),
+                        aggregation_id: s.aggregation_id.0,
+                        market_id: s.market_id.0,
+                        enabled: s.enabled && halt_cause.is_none(),
+                        halted: halt_cause.is_some(),
+                        halt_cause,
+                        kill_switch_engaged: engaged.contains(&s.id),
+                        open_orders: open_by_strategy.get(&s.id).copied().unwrap_or(0),
+                    }
                 })
                 .collect(),
             boot_epoch: self.epoch,
@@ -722,11 +751,15 @@ impl EngineHandle {
                 message: e.to_string(),
             })?;
         let n = self.manual_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = ClientOrderId::new(format!("m{}-{n}", self.epoch)).map_err(|e| {
-            ControlError::Invalid {
-                field: "client_order_id",
-                message: e.to_string(),
-            }
+        let id = ClientOrderId::new(manual_order_id(
+            self.epoch,
+            strategy.map(|s| s.id),
+            aggregation_id,
+            n,
+        ))
+        .map_err(|e| ControlError::Invalid {
+            field: "client_order_id",
+            message: e.to_string(),
         })?;
         let request = OrderRequest {
             client_order_id: id.clone(),
@@ -876,8 +909,76 @@ fn show(k: &IdOrName) -> String {
     }
 }
 
+/// A manual order's client order id: `m<boot>s<strategy>-<n>` when attributed to a strategy,
+/// `m<boot>a<aggregation>-<n>` otherwise. The owner is in the id, so start-up reconciliation
+/// adopts a manual order the venue has and the journal lacks (a crash right after sending)
+/// exactly like a strategy's ([`manual_owner_of`]).
+pub fn manual_order_id(
+    boot: u64,
+    strategy: Option<StrategyId>,
+    aggregation: AggregationId,
+    n: u64,
+) -> String {
+    match strategy {
+        Some(s) => format!("m{boot}s{}-{n}", s.0),
+        None => format!("m{boot}a{}-{n}", aggregation.0),
+    }
+}
+
+/// Who owns a manual order, from its client order id (see [`manual_order_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualOwner {
+    Strategy(StrategyId),
+    Aggregation(AggregationId),
+}
+
+/// Parses `m<boot>s<id>-<n>` / `m<boot>a<id>-<n>`; `None` for any other id.
+pub fn manual_owner_of(id: &ClientOrderId) -> Option<ManualOwner> {
+    let rest = id.as_str().strip_prefix('m')?;
+    let boot_len = rest.chars().take_while(char::is_ascii_digit).count();
+    if boot_len == 0 {
+        return None;
+    }
+    let rest = &rest[boot_len..];
+    let (kind, rest) = rest.split_at_checked(1)?;
+    let (owner, n) = rest.split_once('-')?;
+    if n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let owner: u64 = owner.parse().ok()?;
+    match kind {
+        "s" => Some(ManualOwner::Strategy(StrategyId(owner))),
+        "a" => Some(ManualOwner::Aggregation(AggregationId(owner))),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_manual_order_id_names_its_owner_for_adoption() {
+        let id = |s: String| ClientOrderId::new(s).unwrap();
+        let by_strategy = id(manual_order_id(
+            12,
+            Some(StrategyId(3)),
+            AggregationId(9),
+            7,
+        ));
+        assert_eq!(by_strategy.as_str(), "m12s3-7");
+        assert_eq!(
+            manual_owner_of(&by_strategy),
+            Some(ManualOwner::Strategy(StrategyId(3)))
+        );
+        let by_aggregation = id(manual_order_id(12, None, AggregationId(9), 8));
+        assert_eq!(
+            manual_owner_of(&by_aggregation),
+            Some(ManualOwner::Aggregation(AggregationId(9)))
+        );
+        for other in ["s1v1b2-3", "m12-7", "mx3-1", "m12a-1", "m12a3-", "m12q3-1"] {
+            assert_eq!(manual_owner_of(&id(other.into())), None, "{other}");
+        }
+    }
     use super::*;
 
     #[test]

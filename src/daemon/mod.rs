@@ -271,6 +271,16 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
     let specs: HashMap<StrategyId, StrategySpec> =
         park.strategies.iter().map(|s| (s.id, s.clone())).collect();
     let owner = |id: &ClientOrderId| -> Option<(Option<StrategyId>, AggregationId)> {
+        // Manual orders name their owner in the id, as strategy orders do.
+        match control::manual_owner_of(id) {
+            Some(control::ManualOwner::Strategy(sid)) => {
+                return specs.get(&sid).map(|s| (Some(sid), s.aggregation_id));
+            }
+            Some(control::ManualOwner::Aggregation(aid)) => {
+                return park.aggregations.aggregation(aid).map(|_| (None, aid));
+            }
+            None => {}
+        }
         let sid = strategy_of(id)?;
         specs.get(&sid).map(|s| (Some(sid), s.aggregation_id))
     };
@@ -307,6 +317,16 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         account_seq = rec.account_seq,
         "reconciled with the venue"
     );
+    // A venue that lost its state while we were down: the session starts from the journal's
+    // sequence, so it sees the regression at login, raises the alert, engages the kill switch
+    // (`venue_reset`) and ends the orders the venue does not know (`lost`).
+    let session_seq = match &rec.venue_reset {
+        Some(why) => {
+            tracing::error!(alert = "critical", reason = %why, "VENUE RESET seen at start-up");
+            ledger.last_report_seq().max(rec.account_seq + 1)
+        }
+        None => rec.account_seq,
+    };
 
     // 4. Core actors and the venue session.
     let live = start_core(
@@ -317,7 +337,7 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         journal.clone(),
         &url,
         &opts,
-        rec.account_seq,
+        session_seq,
         &store,
     )
     .await?;
@@ -473,7 +493,8 @@ async fn start_api(
         epoch,
         url,
     )
-    .with_shadows(shadows.clone());
+    .with_shadows(shadows.clone())
+    .with_health(rt.health.clone());
     let state = crate::api::ApiState::new(
         store.clone(),
         Some(Arc::new(engine)),
@@ -1173,6 +1194,9 @@ pub fn read_latency(data_dir: &Path) -> anyhow::Result<MetricsSnapshot> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not a snapshot", path.display()))
 }
 
+/// How long a graceful stop waits for the cancels of sent orders to be answered.
+const SHUTDOWN_CANCEL_WAIT: Duration = Duration::from_millis(1_500);
+
 /// Stops trading, then closes every store writer (the order journal first); `Err` names what
 /// could not be journaled.
 async fn shutdown(
@@ -1187,16 +1211,27 @@ async fn shutdown(
     if let Err(e) = live.risk.try_send(kill) {
         tracing::error!(error = %e, "kill switch could not reach risk");
     }
+    // Bounded and final: orders queued in the adapter behind the venue's rate limit are
+    // never sent; they end `cancelled_unsent` (journaled through the OMS below), and the
+    // cancels of sent orders no longer wait behind them.
+    match live
+        .adapter
+        .drop_unsent("daemon shutdown: queued, never sent")
+        .await
+    {
+        Ok(n) => tracing::info!(orders = n, "queued orders ended unsent"),
+        Err(e) => tracing::error!(error = %e, "queued orders could not be ended"),
+    }
     if opts.cancel_on_shutdown {
         let reason = "daemon shutdown".to_owned();
         if let Err(e) = live.oms.try_send(ToOms::CancelAll { reason }) {
             tracing::error!(error = %e, "cancel-all could not reach the OMS");
         }
-        // Give the cancels time to reach the venue (behind any orders the venue's rate limit
-        // holds) and their reports to come back.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        // Give the cancels time to reach the venue (they are not rate limited) and their
+        // reports to come back; bounded so a stop never hangs.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_CANCEL_WAIT;
         while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             let open = live
                 .ledger
                 .lock()
@@ -1209,6 +1244,20 @@ async fn shutdown(
         }
     } else {
         tracing::info!("keeping open orders working at the venue");
+        // Still wait (bounded) for the unsent ends to be journaled by the OMS.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_CANCEL_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let unsent_pending = live
+                .ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .open_orders()
+                .any(|o| o.status == vpp_engine::order::OrderStatus::New);
+            if !unsent_pending {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     live.routes
         .lock()

@@ -34,6 +34,7 @@ pub fn venue_config(park: &Park, listen: SocketAddr) -> VenueConfig {
             account: "demo".into(),
             api_key: DEMO_API_KEY.into(),
         }],
+        venue_epoch: Some(fresh_epoch()),
         ..VenueConfig::default()
     }
 }
@@ -119,17 +120,80 @@ impl Drop for InProcessVenue {
     }
 }
 
+/// Operator drill options of `vpp market-sim` (docs/protocol.md §9.1).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DrillArgs {
+    /// Accept the `fault` control message from clients (drills and tests only): connection
+    /// faults and `reset_venue_now`, a venue restart with state loss.
+    #[arg(long)]
+    pub faults: bool,
+    /// Restart the venue with state loss every this many real seconds (drills; implies
+    /// nothing else about faults). Orders, report logs and account sequences are forgotten and
+    /// the venue epoch changes, as after a venue process killed and started again.
+    #[arg(long)]
+    pub reset_every_secs: Option<u64>,
+    /// Order-entry rate limit: new orders and replaces per window (default 100).
+    #[arg(long)]
+    pub rate_limit_orders: Option<u32>,
+    /// Order-entry rate limit window, milliseconds (default 10000).
+    #[arg(long)]
+    pub rate_limit_window_ms: Option<u64>,
+}
+
+/// A venue epoch unique to this process start (wall clock, nanoseconds, in hex): a venue
+/// restarted with state loss announces a different one.
+fn fresh_epoch() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{}", std::process::id())
+}
+
 /// `vpp market-sim`: the venue alone until SIGINT/SIGTERM.
 pub async fn run_market_sim(
     park: &Park,
     listen: SocketAddr,
     clock: Arc<dyn Clock>,
+    drill: &DrillArgs,
 ) -> anyhow::Result<()> {
-    let handle = VenueServer::start(venue_config(park, listen), clock)
-        .await
-        .context("cannot start the venue simulator")?;
-    println!("venue simulator listening on {}", handle.url());
+    let mut cfg = venue_config(park, listen);
+    cfg.allow_fault_control = drill.faults;
+    if let Some(n) = drill.rate_limit_orders {
+        cfg.rate_limit.max_orders = n;
+    }
+    if let Some(ms) = drill.rate_limit_window_ms {
+        cfg.rate_limit.window_ms = ms;
+    }
+    let handle = Arc::new(
+        VenueServer::start(cfg, clock)
+            .await
+            .context("cannot start the venue simulator")?,
+    );
+    println!(
+        "venue simulator listening on {} (fault control {})",
+        handle.url(),
+        if drill.faults { "on" } else { "off" }
+    );
+    let resets = drill.reset_every_secs.filter(|s| *s > 0).map(|secs| {
+        let handle = Arc::clone(&handle);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(secs));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let epoch = handle.reset_venue();
+                tracing::warn!(?epoch, "drill: venue restarted with state loss");
+            }
+        })
+    });
     super::shutdown_signal().await;
-    handle.stop().await;
+    if let Some(t) = resets {
+        t.abort();
+        let _ = t.await;
+    }
+    match Arc::try_unwrap(handle) {
+        Ok(handle) => handle.stop().await,
+        Err(handle) => handle.shutdown().await,
+    }
     Ok(())
 }

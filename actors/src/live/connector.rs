@@ -27,7 +27,7 @@ use super::messages::{ConnectorCmd, MdSender, ToOms, ToRisk};
 use super::settlement::{Announcement, ToSettlement};
 use crate::health::{Health, HealthRegistry};
 use crate::mailbox::{BoundedSender, Refusable};
-use crate::metrics::{Gauge, Metrics, Stage};
+use crate::metrics::{Counter, Gauge, Metrics, Stage};
 use actix::prelude::SendError;
 use actix::Recipient;
 use std::collections::{HashMap, VecDeque};
@@ -40,8 +40,13 @@ use vpp_engine::order::ExecKind;
 use vpp_engine::strategy::{MarketData, PriceLevel};
 use vpp_market_adapters::client::{
     AdapterEvent, AdapterEvents, ConnectionState, MarketItem, MarketUpdate, OrderStamp,
-    VenueAdapter, WsAdapter,
+    VenueAdapter, VenueReset, WsAdapter,
 };
+
+/// Reason of the global kill switch a venue reset engages.
+pub const VENUE_RESET: &str = "venue_reset";
+/// Counter of venue resets detected.
+pub const VENUE_RESETS_TOTAL: &str = "vpp_venue_resets_total";
 
 /// Most orders tracked between hand-over and ack for the round-trip histogram.
 pub const MAX_AWAITING_ACK: usize = 10_000;
@@ -129,6 +134,7 @@ struct Connector {
     cmds_depth: Gauge,
     outbox_depth: Gauge,
     events_depth: Gauge,
+    resets: Counter,
 }
 
 impl Connector {
@@ -238,9 +244,26 @@ impl Connector {
             AdapterEvent::Reconciled(r) => {
                 tracing::info!(venue = %self.w.venue, session = r.session,
                     subscriptions = r.subscriptions_restored, reports = r.reports_replayed,
-                    checked = r.orders_checked, resent = r.orders_resent,
+                    checked = r.orders_checked, unsent = r.orders_unsent, lost = r.orders_lost,
                     mismatches = r.mismatches.len(), unknown_open = r.unknown_open_orders.len(),
                     "venue session reconciled");
+                if !r.mismatches.is_empty() {
+                    tracing::warn!(venue = %self.w.venue, orders = ?r.mismatches,
+                        "order status differs from the venue's after reconciliation");
+                }
+            }
+            AdapterEvent::VenueReset(reset) => self.venue_reset(&reset),
+            AdapterEvent::OrderEnded {
+                client_order_id,
+                end,
+                reason,
+            } => {
+                self.awaiting_ack.remove(&client_order_id);
+                self.send_to_oms(ToOms::Ended {
+                    client_order_id,
+                    end,
+                    reason,
+                });
             }
             AdapterEvent::ForeignReport(r) => {
                 tracing::warn!(venue = %self.w.venue, client_order_id = %r.client_order_id,
@@ -249,6 +272,24 @@ impl Connector {
             AdapterEvent::VenueError(e) => {
                 tracing::warn!(venue = %self.w.venue, code = %e.code, message = %e.message, "venue error");
             }
+        }
+    }
+
+    /// The venue restarted and lost its state: never trade through it. New orders stop (global
+    /// kill switch, reason [`VENUE_RESET`], a risk event and an audit entry), a critical alert
+    /// is logged and counted; the adapter's reconcile ends what the venue does not know.
+    /// Resuming is the operator's decision (releasing the kill switch).
+    fn venue_reset(&mut self, reset: &VenueReset) {
+        self.resets.inc();
+        tracing::error!(venue = %self.w.venue, alert = "critical", reason = %reset.reason,
+            previous_epoch = ?reset.previous_epoch, epoch = ?reset.epoch,
+            previous_account_seq = reset.previous_account_seq, account_seq = reset.account_seq,
+            "VENUE RESET: the venue lost its state; new orders stopped (kill switch venue_reset) until an operator releases it");
+        let kill = ToRisk::KillAll {
+            reason: VENUE_RESET.into(),
+        };
+        if let Err(e) = self.w.risk.try_send(kill) {
+            tracing::error!(error = %e, "venue reset: the kill switch could not reach risk");
         }
     }
 
@@ -352,6 +393,9 @@ pub async fn run_connector(
         depth("adapter_events"),
     );
     install_written_hook(&w, &adapter);
+    let c_resets = w
+        .metrics
+        .counter(VENUE_RESETS_TOTAL, &[("venue", w.venue.as_str())]);
     let mut c = Connector {
         w,
         adapter,
@@ -361,6 +405,7 @@ pub async fn run_connector(
         cmds_depth,
         outbox_depth,
         events_depth,
+        resets: c_resets,
     };
     loop {
         let blocked = !c.outbox.is_empty();

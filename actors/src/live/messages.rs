@@ -43,7 +43,13 @@ pub enum ToStrategy {
 
 impl Refusable for ToStrategy {
     fn refuse(self, reason: &Refused) {
-        tracing::warn!(reason = %reason, message = ?self, "strategy message refused");
+        let what = match &self {
+            ToStrategy::Capacity(_) => "capacity",
+            ToStrategy::Exec { .. } => "exec_report",
+            ToStrategy::Rejected(_) => "rejection",
+            ToStrategy::Timer(_) => "timer",
+        };
+        super::strategy::log_refused(reason, what);
     }
 }
 
@@ -176,6 +182,13 @@ pub enum ToOms {
     /// The connector could not hand an order or cancel to the venue adapter.
     SendFailed {
         client_order_id: ClientOrderId,
+        reason: String,
+    },
+    /// The venue adapter ended an order locally: never sent (`cancelled_unsent`) or unknown to
+    /// the venue after a reset (`lost`). Journaled terminal; its strategy hears it.
+    Ended {
+        client_order_id: ClientOrderId,
+        end: vpp_market_adapters::client::OrderEnd,
         reason: String,
     },
     /// A strategy was halted past its restart limit: cancel its open orders.

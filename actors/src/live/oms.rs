@@ -30,6 +30,7 @@ use vpp_engine::ids::{ClientOrderId, StrategyId};
 use vpp_engine::ledger::{OrderEvent, OrderEventKind, OrderLedger, Outcome};
 use vpp_engine::order::{ExecReport, OrderRequest};
 use vpp_engine::strategy::{OrderIntent, RiskRejection};
+use vpp_market_adapters::client::OrderEnd;
 use vpp_persistence::JournalWriter;
 
 pub type SharedLedger = Arc<Mutex<OrderLedger>>;
@@ -39,6 +40,10 @@ pub mod names {
     pub const FILLS_TOTAL: &str = "vpp_fills_total";
     pub const EXEC_REPORTS_TOTAL: &str = "vpp_exec_reports_total";
     pub const JOURNAL_REFUSED_TOTAL: &str = "vpp_journal_refused_total";
+    /// Orders ended `lost` (the venue does not know them after a reset).
+    pub const ORDERS_LOST_TOTAL: &str = "vpp_orders_lost_total";
+    /// Orders ended `cancelled_unsent` (queued in the daemon and never sent).
+    pub const ORDERS_UNSENT_TOTAL: &str = "vpp_orders_unsent_total";
 }
 
 #[derive(Clone)]
@@ -70,6 +75,8 @@ pub struct OmsLogic {
     reports: Counter,
     rejects: Counter,
     journal_refused: Counter,
+    lost: Counter,
+    unsent: Counter,
 }
 
 impl OmsLogic {
@@ -82,6 +89,8 @@ impl OmsLogic {
             reports: m.counter(names::EXEC_REPORTS_TOTAL, &[]),
             rejects: m.counter(crate::metrics::names::REJECTS_TOTAL, &[("stage", "oms")]),
             journal_refused: m.counter(names::JOURNAL_REFUSED_TOTAL, &[]),
+            lost: m.counter(names::ORDERS_LOST_TOTAL, &[]),
+            unsent: m.counter(names::ORDERS_UNSENT_TOTAL, &[]),
             w,
         }
     }
@@ -332,6 +341,49 @@ impl OmsLogic {
         self.refuse(&request, "venue_adapter", reason);
     }
 
+    /// The adapter ended an order locally (never sent, or unknown to a reset venue): journaled
+    /// terminal (`cancelled_unsent` / `lost`), counted, and its strategy told (the order leaves
+    /// its open book; it decides afresh).
+    fn ended(&mut self, id: ClientOrderId, end: OrderEnd, reason: String) {
+        let kind = match end {
+            OrderEnd::Unsent => OrderEventKind::Unsent {
+                reason: reason.clone(),
+            },
+            OrderEnd::Lost { venue_account_seq } => OrderEventKind::Lost {
+                reason: reason.clone(),
+                venue_account_seq,
+            },
+        };
+        let at = self.w.clock.now();
+        let event = OrderEvent {
+            client_order_id: id.clone(),
+            at,
+            kind,
+        };
+        let Some((_, outcome)) = self.record(event) else {
+            return;
+        };
+        let Some(status) = outcome.to else { return };
+        match end {
+            OrderEnd::Unsent => self.unsent.inc(),
+            OrderEnd::Lost { .. } => {
+                self.lost.inc();
+                tracing::error!(client_order_id = %id, %reason, "order lost: the venue does not know it");
+            }
+        }
+        self.deferred_cancels.remove(&id);
+        let strategy = self.ledger().order(&id).and_then(|o| o.request.strategy_id);
+        // The strategy mirror drops a terminal order on any report carrying its final status.
+        let report = ExecReport {
+            seq: 0,
+            client_order_id: id,
+            venue_order_id: None,
+            kind: vpp_engine::order::ExecKind::Cancelled { reason },
+            at,
+        };
+        self.tell_strategy(strategy, ToStrategy::Exec { report, status });
+    }
+
     fn cancel_where(&mut self, pred: impl Fn(&vpp_engine::order::Order) -> bool, reason: &str) {
         let ids: Vec<ClientOrderId> = self
             .ledger()
@@ -381,6 +433,11 @@ impl Handles<ToOms> for OmsLogic {
                 client_order_id,
                 reason,
             } => self.send_failed(client_order_id, reason),
+            ToOms::Ended {
+                client_order_id,
+                end,
+                reason,
+            } => self.ended(client_order_id, end, reason),
             ToOms::HaltStrategy(id) => {
                 self.cancel_where(|o| o.request.strategy_id == Some(id), "strategy halted")
             }
@@ -533,5 +590,97 @@ mod tests {
             snap.counter(crate::metrics::names::REJECTS_TOTAL, &[("stage", "oms")]),
             Some(1)
         );
+    }
+
+    #[tokio::test]
+    async fn orders_ended_by_the_adapter_are_journaled_terminal_and_counted() {
+        let start = chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(start));
+        let dir = std::env::temp_dir().join(format!("vpp-oms-ended-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("j.db").display());
+        let store = vpp_persistence::Store::open(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let journal = store
+            .start_journal(vpp_persistence::JournalConfig::default())
+            .await
+            .unwrap()
+            .writer;
+        let ledger: SharedLedger = Arc::new(Mutex::new(OrderLedger::new()));
+        let (conn_tx, _conn_rx) = mpsc::channel(8);
+        let metrics = Metrics::new();
+        let mut oms = OmsLogic::new(OmsWiring {
+            ledger: Arc::clone(&ledger),
+            journal: journal.clone(),
+            connector: conn_tx,
+            risk: Arc::new(OnceLock::new()),
+            strategies: Arc::new(Mutex::new(HashMap::new())),
+            dispatch: Vec::new(),
+            clock,
+            metrics: metrics.clone(),
+        });
+        let mk = |id: &str| OrderRequest {
+            client_order_id: ClientOrderId::new(id).unwrap(),
+            strategy_id: Some(StrategyId(1)),
+            aggregation_id: AggregationId(1),
+            market_id: MarketId(1),
+            product: Product::Energy,
+            interval: DeliveryInterval::containing(start + chrono::Duration::hours(2)),
+            side: Side::Sell,
+            quantity_mw: Decimal::ONE,
+            price_cny_per_mwh: Decimal::from(300),
+            time_in_force: TimeInForce::Gtc,
+        };
+        for id in ["s1b1-1", "s1b1-2"] {
+            let intent = Intent {
+                intent: OrderIntent::New(mk(id)),
+                t0_ns: 0,
+            };
+            oms.handle(ToOms::Approved(intent)).unwrap();
+        }
+        let (queued, acked) = (
+            ClientOrderId::new("s1b1-1").unwrap(),
+            ClientOrderId::new("s1b1-2").unwrap(),
+        );
+        let ack = ExecReport {
+            seq: 9,
+            client_order_id: acked.clone(),
+            venue_order_id: Some("V2".into()),
+            kind: vpp_engine::order::ExecKind::Accepted,
+            at: start,
+        };
+        oms.handle(ToOms::Report(ack)).unwrap();
+        oms.handle(ToOms::Ended {
+            client_order_id: queued.clone(),
+            end: OrderEnd::Unsent,
+            reason: "shutdown".into(),
+        })
+        .unwrap();
+        oms.handle(ToOms::Ended {
+            client_order_id: acked.clone(),
+            end: OrderEnd::Lost {
+                venue_account_seq: Some(0),
+            },
+            reason: "venue_reset".into(),
+        })
+        .unwrap();
+        journal.flush().await.unwrap();
+        let (replayed, _) = store.replay_journal().await.unwrap();
+        assert_eq!(
+            replayed.order(&queued).unwrap().status,
+            OrderStatus::CancelledUnsent
+        );
+        assert_eq!(replayed.order(&acked).unwrap().status, OrderStatus::Lost);
+        assert_eq!(
+            replayed.open_orders().count(),
+            0,
+            "nothing to send at next boot"
+        );
+        assert_eq!(replayed.last_report_seq(), 0, "rebased to the reset venue");
+        let snap = metrics.snapshot();
+        assert_eq!(snap.counter(names::ORDERS_LOST_TOTAL, &[]), Some(1));
+        assert_eq!(snap.counter(names::ORDERS_UNSENT_TOTAL, &[]), Some(1));
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,6 +8,11 @@
 //! order, then every missed report in account sequence order. Applying them to the replayed
 //! ledger (and journaling them) gives the orders and positions the venue has.
 //!
+//! A venue that restarted with state loss while the daemon was down shows as an account
+//! sequence below the one the journal's open orders were last reported at: [`Recovery`]
+//! carries it as `venue_reset`, the whole (new) report log is read, and the venue session that
+//! follows ends the open orders the venue does not know (`lost`) and raises the alert.
+//!
 //! Invariants:
 //! - Read-only towards the venue: no order is sent, cancelled or replaced.
 //! - Bounded: at most [`MAX_REPORT_PAGES`] pages of reports and [`MAX_ADOPTED`] adopted orders;
@@ -54,8 +59,11 @@ pub struct Recovery {
     pub account_seq: u64,
     pub adopted: usize,
     pub reports: usize,
-    /// Orders the venue reported that could not be adopted (unknown market or strategy).
+    /// Orders the venue reported that could not be adopted (unknown market or owner).
     pub unadoptable: Vec<ClientOrderId>,
+    /// Why the venue looks reset (its account sequence is below the journal's open orders'),
+    /// `None` when it does not.
+    pub venue_reset: Option<String>,
 }
 
 /// Resolves the owner of an adopted order from its client order id.
@@ -190,7 +198,23 @@ pub async fn reconcile(
             other => venue_error(&other).map_or(Ok(None), Err),
         })
         .await?;
-    let reports = fetch_reports(&mut s, ledger.last_report_seq()).await?;
+    let open_seq = ledger
+        .open_orders()
+        .map(|o| o.last_report_seq)
+        .max()
+        .unwrap_or(0);
+    let venue_reset = (account_seq < open_seq).then(|| {
+        format!(
+            "venue account_seq {account_seq} is below {open_seq}, the journal's last report of an open order"
+        )
+    });
+    // After a reset the venue's log is a new one: read it all (any of it may be ours).
+    let after = if account_seq < ledger.last_report_seq() {
+        0
+    } else {
+        ledger.last_report_seq()
+    };
+    let reports = fetch_reports(&mut s, after).await?;
     s.send(&ClientMsg::OpenOrders(OpenOrdersQuery {})).await?;
     let open = s
         .expect("open orders", |m| match m {
@@ -232,15 +256,9 @@ pub async fn reconcile(
         }
     }
     let _ = s.ws.close(None).await;
-    Ok(build(
-        ledger,
-        states,
-        reports,
-        symbols,
-        owner,
-        now,
-        account_seq,
-    ))
+    let mut rec = build(ledger, states, reports, symbols, owner, now, account_seq);
+    rec.venue_reset = venue_reset;
+    Ok(rec)
 }
 
 async fn fetch_reports(s: &mut Session, after: u64) -> Result<Vec<WireExecReport>, RecoveryError> {

@@ -18,6 +18,9 @@
 //!   venue first, then to the strategy; an `IntervalStart` first expires started paper orders.
 //! - Session tap ([`StrategyExtras::tap`], opt-in): every input is handed to the tap before the
 //!   strategy sees it, and every intent after; the tap must not block (bounded, counts losses).
+//! - A halted strategy is quiet: messages refused to it are counted by its supervisor
+//!   (`vpp_mailbox_refused_total`-style counters) and logged at most once per strategy per
+//!   [`REFUSAL_LOG_EVERY`] ([`RefusalLog`]), with how many lines were suppressed.
 
 use super::messages::{Intent, MdConflator, MdWake, TimedMarketData, ToRisk, ToStrategy};
 use crate::mailbox::BoundedSender;
@@ -35,6 +38,73 @@ use vpp_engine::strategy::{
     RecordedIntent, RiskRejection, StrategyError, StrategyHost, StrategyInit, StrategyRegistry,
 };
 use vpp_engine::Timestamp;
+
+/// At most one log line per strategy per this long about messages refused to it.
+pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Strategies whose refusal log state is kept (bounded; the oldest is forgotten past it).
+const REFUSAL_LOG_KEYS: usize = 1_024;
+
+/// Rate limit of "message refused" log lines, per actor: the first refusal is logged, the
+/// next ones within [`REFUSAL_LOG_EVERY`] are only counted and reported with the next line.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    by_actor: std::collections::HashMap<String, (std::time::Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    pub fn allow(&mut self, actor: &str, now: std::time::Instant) -> Option<u64> {
+        match self.by_actor.get_mut(actor) {
+            Some((last, suppressed)) => {
+                if now.saturating_duration_since(*last) >= REFUSAL_LOG_EVERY {
+                    let n = *suppressed;
+                    *last = now;
+                    *suppressed = 0;
+                    Some(n)
+                } else {
+                    *suppressed += 1;
+                    None
+                }
+            }
+            None => {
+                if self.by_actor.len() >= REFUSAL_LOG_KEYS {
+                    let oldest = self
+                        .by_actor
+                        .iter()
+                        .min_by_key(|(_, (at, _))| *at)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        self.by_actor.remove(&k);
+                    }
+                }
+                self.by_actor.insert(actor.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Logs a message refused to a strategy (halted, restarting, full), rate limited per strategy.
+pub fn log_refused(reason: &crate::mailbox::Refused, what: &str) {
+    static LOG: std::sync::OnceLock<std::sync::Mutex<RefusalLog>> = std::sync::OnceLock::new();
+    let actor = match reason {
+        crate::mailbox::Refused::MailboxFull { actor, .. }
+        | crate::mailbox::Refused::MailboxClosed { actor }
+        | crate::mailbox::Refused::Crashed { actor, .. }
+        | crate::mailbox::Refused::Restarting { actor }
+        | crate::mailbox::Refused::Halted { actor, .. }
+        | crate::mailbox::Refused::ConflatorFull { actor, .. } => actor.to_string(),
+    };
+    let allowed = LOG
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .allow(&actor, std::time::Instant::now());
+    if let Some(suppressed) = allowed {
+        tracing::warn!(%actor, reason = %reason, message = what, suppressed,
+            "strategy message refused (at most one line per strategy per minute; all are counted)");
+    }
+}
 
 /// Everything needed to (re)build a strategy's logic.
 #[derive(Clone)]
@@ -334,5 +404,33 @@ impl Handles<ToStrategy> for StrategyLogic {
             .record_between(start, self.wiring.clock.monotonic_ns());
         self.forward(result, 0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod refusal_log_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_halted_strategy_gets_one_refusal_line_per_minute_and_the_rest_counted() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        let mut lines = 0;
+        // 2,272 refusals in 63 s, as observed for two halted strategies.
+        for i in 0..2_272u64 {
+            let at = t0 + Duration::from_millis(i * 63_000 / 2_272);
+            for actor in ["strategy/a", "strategy/b"] {
+                if log.allow(actor, at).is_some() {
+                    lines += 1;
+                }
+            }
+        }
+        assert_eq!(lines, 4, "one line per strategy per started minute");
+        let next = log.allow("strategy/a", t0 + Duration::from_secs(121));
+        assert!(
+            matches!(next, Some(n) if n >= 100),
+            "suppressed lines are reported: {next:?}"
+        );
     }
 }

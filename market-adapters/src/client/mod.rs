@@ -2,8 +2,17 @@
 //! WebSocket implementation with reconnect and reconciliation (see `session`).
 //!
 //! Invariants of every adapter:
-//! - An order handed to `send_order` is sent once, held (and sent after reconciliation), or
-//!   refused with a reason; never dropped silently, never sent twice.
+//! - An order handed to `send_order` is sent once, or refused with a reason, or — queued
+//!   behind the rate window and never written when the connection is lost or the adapter shuts
+//!   down — ended [`OrderEnd::Unsent`]; never dropped silently, never sent twice, never sent by
+//!   itself after a reconnect (a strategy decides afresh).
+//! - New orders are taken only while the session is live; while disconnected or reconciling
+//!   they are refused ([`AdapterError::NotLive`]). Cancels are held and go out after
+//!   reconciliation.
+//! - A venue reset (a new `venue_epoch`, an `account_seq` below the last one applied, or an
+//!   acknowledged order the venue does not know) is reported ([`AdapterEvent::VenueReset`])
+//!   before the session goes live again; every open order the venue does not know ends
+//!   [`OrderEnd::Lost`] (acknowledged once) or [`OrderEnd::Unsent`] (never received).
 //! - Exec reports reach the event stream in account sequence order, each at most once; stale
 //!   and duplicate reports change nothing. They are never dropped (bounded channel, awaited).
 //! - Market data is conflated for a slow reader: latest value per key, losses counted.
@@ -123,8 +132,10 @@ pub struct Reconciled {
     pub subscriptions_restored: usize,
     pub reports_replayed: usize,
     pub orders_checked: usize,
-    /// Orders the venue never received, sent again now (safe: the venue had no copy).
-    pub orders_resent: usize,
+    /// Sent orders the venue says it never received: ended unsent, never resent.
+    pub orders_unsent: usize,
+    /// Acknowledged orders the venue no longer knows: ended lost (a venue reset).
+    pub orders_lost: usize,
     /// Orders whose venue status still differs from ours after the replay.
     pub mismatches: Vec<ClientOrderId>,
     /// Working orders at the venue that this adapter does not know (adopt or cancel them).
@@ -149,6 +160,37 @@ pub enum AdapterEvent {
         client_order_id: ClientOrderId,
         reason: String,
     },
+    /// The venue restarted and lost its state (or does not know orders it acknowledged). The
+    /// owner must stop new orders (kill switch) and alert; resuming is an operator decision.
+    VenueReset(VenueReset),
+    /// The adapter ended an order locally: it was never sent, or the venue does not know it.
+    OrderEnded {
+        client_order_id: ClientOrderId,
+        end: OrderEnd,
+        reason: String,
+    },
+}
+
+/// What the adapter saw of a venue reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VenueReset {
+    pub reason: String,
+    pub previous_epoch: Option<String>,
+    pub epoch: Option<String>,
+    /// The last account sequence this adapter applied before the reset.
+    pub previous_account_seq: u64,
+    /// The venue's account sequence at the new login.
+    pub account_seq: u64,
+}
+
+/// How an order the adapter ended locally ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderEnd {
+    /// Never written to the venue, or the venue says it never received it: `cancelled_unsent`.
+    Unsent,
+    /// Acknowledged once, unknown to the venue now: `lost`. `venue_account_seq` is set when a
+    /// reset restarted the account sequence there.
+    Lost { venue_account_seq: Option<u64> },
 }
 
 /// Monotonic instants (ns, of the adapter's clock) carried with an order through the adapter,
@@ -182,6 +224,8 @@ pub enum AdapterError {
     Invalid(String),
     #[error("the adapter's command queue is full (capacity {capacity}); retry later")]
     Busy { capacity: usize },
+    #[error("the venue session is not live ({0}); new orders are refused until it is")]
+    NotLive(String),
 }
 
 /// What happened to an order handed to the adapter.
@@ -320,6 +364,8 @@ pub(crate) enum Command {
         oneshot::Sender<Result<SendOutcome, AdapterError>>,
     ),
     Restore(Vec<Order>, u64, oneshot::Sender<Result<(), AdapterError>>),
+    /// Ends every queued, never written new order ([`OrderEnd::Unsent`]); answers how many.
+    DropUnsent(String, oneshot::Sender<usize>),
     /// Operator disconnect (`true`: close the session and stay disconnected, holding orders)
     /// or connect (`false`: reconnect now, then reconcile as after any reconnect).
     Pause(bool, oneshot::Sender<()>),
@@ -381,6 +427,15 @@ impl WsAdapter {
     ) -> Result<(), AdapterError> {
         self.call(|tx| Command::Restore(orders, last_account_seq, tx))
             .await?
+    }
+
+    /// Graceful stop, step one: every new order still queued in the adapter (behind the rate
+    /// window) is taken out and reported [`AdapterEvent::OrderEnded`] `Unsent` with `reason`,
+    /// so it is journaled terminal and never sent; cancels already queued go out first.
+    /// Returns how many orders were ended.
+    pub async fn drop_unsent(&self, reason: &str) -> Result<usize, AdapterError> {
+        let reason = reason.to_owned();
+        self.call(|tx| Command::DropUnsent(reason, tx)).await
     }
 
     /// Installs the hook told about every new order frame written (once; false if one was

@@ -4,20 +4,26 @@
 //! After every (re)connect, in this order: login; restore every subscription (each answered
 //! by a snapshot, which resets that stream's sequence); reconcile (order status of every order
 //! sent and not yet terminal, replay of every exec report since the last sequence applied,
-//! open orders); only then `Live`, when held orders go out (rate limit permitting).
+//! open orders); only then `Live`. New orders are taken only while live; cancels are held
+//! across a reconnect and go out after reconciliation.
 //!
 //! Invariants:
 //! - Reports are applied strictly in account sequence order: a report ahead of the next
 //!   expected one is held (bounded) while `fills_since` fills the gap; one behind is a
 //!   duplicate and is only counted.
-//! - An order is resent only when the venue says it never received that client order id.
+//! - Nothing is ever resent: an order the venue says it never received ends `Unsent`, one it
+//!   acknowledged and no longer knows ends `Lost`; new orders queued (rate window) and never
+//!   written end `Unsent` when the connection is lost or the adapter shuts down.
+//! - A venue reset (new `venue_epoch`, `account_seq` below the last applied, an acknowledged
+//!   order unknown to the venue) is reported before the session is live again, and the report
+//!   sequence restarts at the new venue's.
 //! - A dead peer is detected by silence (no frame within `heartbeat_timeout_ms`), never by a
 //!   write succeeding or failing.
 
 use super::util::{Backoff, Conflator, LogLimiter, MarketItem, MarketUpdate, SlidingWindow};
 use super::{
     inc, AdapterConfig, AdapterError, AdapterEvent, AdapterStats, Command, ConnectionState,
-    OrderStamp, OrderWrittenHook, Reconciled, SendOutcome,
+    OrderEnd, OrderStamp, OrderWrittenHook, Reconciled, SendOutcome, VenueReset,
 };
 use crate::protocol::{
     decode_venue, encode, tif_to_wire, CancelOrder, ChannelData, ClientMsg, ErrorCode,
@@ -35,7 +41,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use vpp_engine::clock::Clock;
 use vpp_engine::ids::{ClientOrderId, MarketId};
 use vpp_engine::ledger::{OrderEvent, OrderEventKind, OrderLedger};
-use vpp_engine::order::OrderStatus;
+use vpp_engine::order::{Order, OrderStatus};
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -93,6 +99,18 @@ impl Held {
             _ => None,
         }
     }
+
+    fn replace_id(&self) -> Option<&ClientOrderId> {
+        match &self.msg {
+            ClientMsg::ReplaceOrder(r) => Some(&r.client_order_id),
+            _ => None,
+        }
+    }
+}
+
+/// No venue report ever seen for the order: the venue may never have received it.
+fn never_acknowledged(o: &Order) -> bool {
+    o.last_report_seq == 0 && o.venue_order_id.is_none() && o.fill_ids.is_empty()
 }
 
 /// The state reason while the operator keeps the session disconnected.
@@ -111,6 +129,10 @@ struct Sync {
     open_done: bool,
     venue_status: Vec<(ClientOrderId, OrderStatus)>,
     summary: Reconciled,
+    /// A venue reset was detected in this session (reported once).
+    reset: bool,
+    /// The new venue's account sequence when the reset was seen at login.
+    reset_seq: Option<u64>,
 }
 
 impl Sync {
@@ -145,6 +167,8 @@ pub(crate) struct Task {
     gap_query: bool,
     rate: Option<SlidingWindow>,
     sessions: u64,
+    /// The venue epoch announced at the last login (`None`: not announced yet).
+    venue_epoch: Option<String>,
     /// Disconnected by the operator ([`Command::Pause`]): no reconnect until resumed.
     paused: bool,
     log: LogLimiter,
@@ -189,6 +213,7 @@ impl Task {
                 .rate_limit
                 .map(|r| SlidingWindow::new(r.max_orders, secs(r.window_ms))),
             sessions: 0,
+            venue_epoch: None,
             paused: false,
             log: LogLimiter::new(Duration::from_secs(5)),
             written,
@@ -216,6 +241,8 @@ impl Task {
                 })
                 .await;
                 if let Some(done) = self.paused_idle(&mut cmds).await {
+                    self.end_held_unsent("daemon shutdown: queued, never sent")
+                        .await;
                     self.set_state(ConnectionState::Stopped {
                         reason: "shutdown".into(),
                     })
@@ -230,6 +257,8 @@ impl Task {
             let reason = match self.connect().await {
                 Ok(ws) => match self.session(ws, &mut cmds).await {
                     End::Shutdown(done) => {
+                        self.end_held_unsent("daemon shutdown: queued, never sent")
+                            .await;
                         self.set_state(ConnectionState::Stopped {
                             reason: "shutdown".into(),
                         })
@@ -243,6 +272,10 @@ impl Task {
                 },
                 Err(reason) => reason,
             };
+            self.end_held_unsent(&format!(
+                "venue connection lost before it was sent ({reason}); not resent"
+            ))
+            .await;
             if self.paused {
                 // Operator disconnect: no backoff, no reconnect until resumed.
                 continue;
@@ -266,6 +299,8 @@ impl Task {
             };
             attempt = attempt.saturating_add(1);
             if let Some(done) = self.idle(delay, &mut cmds).await {
+                self.end_held_unsent("daemon shutdown: queued, never sent")
+                    .await;
                 self.set_state(ConnectionState::Stopped {
                     reason: "shutdown".into(),
                 })
@@ -367,6 +402,12 @@ impl Task {
                 cmd = cmds.recv() => match cmd {
                     None => Err(End::Shutdown(None)),
                     Some(Command::Shutdown(done)) => {
+                        // Bounded and final: queued new orders end unsent, cancels of sent
+                        // orders go out (they do not count against the rate), then close.
+                        self.end_held_unsent("daemon shutdown: queued, never sent").await;
+                        if phase == Phase::Live {
+                            let _ = self.send_cancels_ahead(&mut ws).await;
+                        }
                         let _ = ws.close(None).await;
                         Err(End::Shutdown(Some(done)))
                     }
@@ -461,6 +502,64 @@ impl Task {
         Ok(())
     }
 
+    /// Takes every queued new order out (and any cancel or replace of it, and every replace:
+    /// a replace decided before a reconnect is stale) and ends it unsent. Returns how many.
+    async fn end_held_unsent(&mut self, reason: &str) -> usize {
+        let unsent: HashSet<ClientOrderId> = self
+            .held
+            .iter()
+            .filter_map(|h| h.new_id().cloned())
+            .collect();
+        let before = self.held.len();
+        self.held.retain(|h| {
+            h.new_id().is_none()
+                && h.replace_id().is_none()
+                && !h.cancel_id().is_some_and(|id| unsent.contains(id))
+        });
+        if before != self.held.len() && unsent.is_empty() {
+            tracing::warn!(venue = %self.cfg.venue, dropped = before - self.held.len(), "queued replaces dropped ({reason})");
+        }
+        let mut ids: Vec<ClientOrderId> = unsent.into_iter().collect();
+        ids.sort();
+        let n = ids.len();
+        for id in ids {
+            self.end_order(id, OrderEnd::Unsent, reason.to_owned())
+                .await;
+        }
+        if n > 0 {
+            tracing::warn!(venue = %self.cfg.venue, orders = n, %reason, "queued orders ended unsent");
+        }
+        n
+    }
+
+    /// Ends an order locally (its own ledger too) and tells the owner.
+    async fn end_order(&mut self, id: ClientOrderId, end: OrderEnd, reason: String) {
+        self.unacked.remove(&id);
+        let kind = match end {
+            OrderEnd::Unsent => OrderEventKind::Unsent {
+                reason: reason.clone(),
+            },
+            OrderEnd::Lost { venue_account_seq } => OrderEventKind::Lost {
+                reason: reason.clone(),
+                venue_account_seq,
+            },
+        };
+        let ev = OrderEvent {
+            client_order_id: id.clone(),
+            at: self.clock.now(),
+            kind,
+        };
+        if let Err(e) = self.ledger.apply(&ev) {
+            tracing::debug!(venue = %self.cfg.venue, error = %e, "local end of an order refused");
+        }
+        self.emit(AdapterEvent::OrderEnded {
+            client_order_id: id,
+            end,
+            reason,
+        })
+        .await;
+    }
+
     async fn write_held(&mut self, ws: &mut Ws, item: Held) -> Result<(), String> {
         if let Some(id) = item.new_id() {
             self.unacked.insert(id.clone());
@@ -514,7 +613,10 @@ impl Task {
                 let _ = reply.send(result);
             }
             Command::Replace(id, qty, price, reply) => {
-                let result = if self.ledger.contains(&id) {
+                let live = *self.state.borrow() == ConnectionState::Live;
+                let result = if !live {
+                    Err(AdapterError::NotLive(format!("{:?}", *self.state.borrow())))
+                } else if self.ledger.contains(&id) {
                     self.hold(Held::replace(ReplaceOrder {
                         client_order_id: id,
                         quantity_mw: qty,
@@ -527,20 +629,21 @@ impl Task {
             }
             Command::Restore(orders, last_seq, reply) => {
                 for o in orders {
-                    let ev = OrderEvent {
-                        client_order_id: o.request.client_order_id.clone(),
-                        at: o.created_at,
-                        kind: OrderEventKind::Recovered {
-                            request: o.request.clone(),
-                        },
-                    };
-                    if self.ledger.apply(&ev).is_ok() && o.last_report_seq == 0 && o.is_open() {
-                        // Maybe sent before the restart: reconciliation asks the venue.
-                        self.unacked.insert(o.request.client_order_id.clone());
+                    let id = o.id().clone();
+                    // Maybe sent before the restart: reconciliation asks the venue, which
+                    // either has it (its reports decide) or never received it (ended unsent).
+                    let unacked = o.is_open() && never_acknowledged(&o);
+                    // The journal's full state, so the reconcile compares like with like.
+                    if self.ledger.restore_order(o).is_ok() && unacked {
+                        self.unacked.insert(id);
                     }
                 }
                 self.next_seq = Some(last_seq + 1);
                 let _ = reply.send(Ok(()));
+            }
+            Command::DropUnsent(reason, reply) => {
+                let n = self.end_held_unsent(&reason).await;
+                let _ = reply.send(n);
             }
             Command::Pause(on, done) => {
                 if on != self.paused {
@@ -578,6 +681,10 @@ impl Task {
     ) -> Result<SendOutcome, AdapterError> {
         if self.ledger.contains(&req.client_order_id) {
             return Err(AdapterError::DuplicateClientOrderId(req.client_order_id));
+        }
+        if *self.state.borrow() != ConnectionState::Live {
+            // Never held across a reconnect: an order decided before an outage is stale.
+            return Err(AdapterError::NotLive(format!("{:?}", *self.state.borrow())));
         }
         let symbol = self
             .symbols
@@ -665,6 +772,7 @@ impl Task {
                     // A fresh adapter: older reports are about orders it never held.
                     self.next_seq = Some(ok.account_seq + 1);
                 }
+                self.check_reset(&ok, sync).await;
                 *phase = Phase::Syncing;
                 self.start_sync(ws, sync).await.map_err(End::Lost)?;
             }
@@ -705,7 +813,7 @@ impl Task {
             VenueMsg::OrderStatus(reply) => {
                 if sync.statuses.remove(&reply.client_order_id) {
                     match reply.order {
-                        None => self.resend(&reply.client_order_id, sync),
+                        None => self.unknown_to_venue(reply.client_order_id, sync).await,
                         Some(state) => sync
                             .venue_status
                             .push((reply.client_order_id, state.status)),
@@ -824,34 +932,86 @@ impl Task {
         send(ws, &ClientMsg::OpenOrders(OpenOrdersQuery {})).await
     }
 
-    /// The venue never received this order: it goes out again, first in line.
-    fn resend(&mut self, id: &ClientOrderId, sync: &mut Sync) {
-        if !self.unacked.remove(id) {
+    /// At login: a new venue epoch or an account sequence below the last one applied means the
+    /// venue restarted and lost its state. Reported once; the report sequence restarts there.
+    async fn check_reset(&mut self, ok: &crate::protocol::LoginOk, sync: &mut Sync) {
+        let previous_epoch = self.venue_epoch.clone();
+        let applied = self.next_seq.map_or(0, |n| n.saturating_sub(1));
+        let epoch_changed = matches!(
+            (&previous_epoch, &ok.venue_epoch),
+            (Some(a), Some(b)) if a != b
+        );
+        if ok.venue_epoch.is_some() {
+            self.venue_epoch.clone_from(&ok.venue_epoch);
+        }
+        let reason = if epoch_changed {
+            format!(
+                "venue epoch changed from {} to {}",
+                previous_epoch.as_deref().unwrap_or("?"),
+                ok.venue_epoch.as_deref().unwrap_or("?")
+            )
+        } else if ok.account_seq < applied {
+            format!(
+                "venue account_seq {} is below the last applied {applied}",
+                ok.account_seq
+            )
+        } else {
+            return;
+        };
+        self.next_seq = Some(ok.account_seq + 1);
+        self.stash.clear();
+        sync.reset_seq = Some(ok.account_seq);
+        self.report_reset(reason, applied, ok.account_seq, previous_epoch, sync)
+            .await;
+    }
+
+    async fn report_reset(
+        &mut self,
+        reason: String,
+        previous_account_seq: u64,
+        account_seq: u64,
+        previous_epoch: Option<String>,
+        sync: &mut Sync,
+    ) {
+        if sync.reset {
             return;
         }
-        let Some(order) = self.ledger.order(id) else {
-            return;
-        };
-        let r = &order.request;
-        let Some(symbol) = self.symbols.get(&r.market_id).cloned() else {
-            return;
-        };
-        let (time_in_force, expire_at) = tif_to_wire(r.time_in_force);
-        self.held.push_front(Held::new_order(
-            NewOrder {
-                client_order_id: id.clone(),
-                market: symbol,
-                product: r.product,
-                interval: r.interval,
-                side: r.side,
-                quantity_mw: r.quantity_mw,
-                price_cny_per_mwh: r.price_cny_per_mwh,
-                time_in_force,
-                expire_at,
-            },
-            OrderStamp::default(),
-        ));
-        sync.summary.orders_resent += 1;
+        sync.reset = true;
+        tracing::error!(venue = %self.cfg.venue, %reason, "venue reset detected: its orders and reports are not ours any more");
+        self.emit(AdapterEvent::VenueReset(VenueReset {
+            reason,
+            previous_epoch,
+            epoch: self.venue_epoch.clone(),
+            previous_account_seq,
+            account_seq,
+        }))
+        .await;
+    }
+
+    /// `order_status` answered `null`: the venue does not know this open order. Never resent:
+    /// unacknowledged, it ends unsent; acknowledged once, it is lost and the venue was reset.
+    async fn unknown_to_venue(&mut self, id: ClientOrderId, sync: &mut Sync) {
+        let acked = self
+            .ledger
+            .order(&id)
+            .is_some_and(|o| !never_acknowledged(o));
+        if acked {
+            let applied = self.next_seq.map_or(0, |n| n.saturating_sub(1));
+            let previous_epoch = self.venue_epoch.clone();
+            let reason = format!("venue does not know order {id}, which it acknowledged");
+            self.report_reset(reason, applied, applied, previous_epoch, sync)
+                .await;
+            sync.summary.orders_lost += 1;
+            let end = OrderEnd::Lost {
+                venue_account_seq: sync.reset_seq,
+            };
+            self.end_order(id, end, "venue_reset: the venue does not know it".into())
+                .await;
+        } else {
+            sync.summary.orders_unsent += 1;
+            let reason = "the venue never received it; not resent".to_owned();
+            self.end_order(id, OrderEnd::Unsent, reason).await;
+        }
     }
 
     async fn finish_sync(&mut self, sync: &mut Sync) {

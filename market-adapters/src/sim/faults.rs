@@ -44,6 +44,10 @@ pub struct FaultSpec {
     pub drop_now: bool,
     /// Go half-open right now (control message use).
     pub stall_now: bool,
+    /// Restart the whole venue with state loss right now (control message use): every
+    /// connection is reset, every account's orders and report log are forgotten, the account
+    /// sequence starts again at 0 and `login_ok.venue_epoch` changes.
+    pub reset_venue_now: bool,
 }
 
 /// A fault rule in the venue configuration.

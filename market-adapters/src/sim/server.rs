@@ -76,9 +76,39 @@ struct Core {
     sessions: HashMap<usize, u64>,
     next_conn: u64,
     stats: ServerStats,
+    /// Venue restarts with state loss so far ([`VenueHandle::reset_venue`]).
+    resets: u64,
 }
 
 impl Core {
+    /// Restarts the venue with state loss: a fresh [`Venue`] (orders, books and report logs
+    /// forgotten, account sequences at 0) under a new epoch; every connection is reset.
+    fn reset_venue(&mut self, cfg: &VenueConfig, now: vpp_engine::Timestamp) {
+        self.resets += 1;
+        let epoch = match &cfg.venue_epoch {
+            Some(e) => format!("{e}.r{}", self.resets),
+            None => format!("r{}", self.resets),
+        };
+        let fresh = VenueConfig {
+            venue_epoch: Some(epoch.clone()),
+            ..cfg.clone()
+        };
+        match Venue::new(fresh, now) {
+            Ok(venue) => self.venue = venue,
+            Err(e) => {
+                tracing::error!(error = %e, "venue reset failed; state kept");
+                return;
+            }
+        }
+        self.sessions.clear();
+        for c in self.conns.values_mut() {
+            c.account = None;
+            c.subs.clear();
+            c.kill.notify_one();
+        }
+        tracing::warn!(%epoch, "venue restarted with state loss");
+    }
+
     fn send(&mut self, conn: u64, msg: &VenueMsg) {
         let kind = match msg {
             VenueMsg::Update(_) => FrameKind::MarketUpdate,
@@ -173,6 +203,7 @@ impl VenueServer {
                 sessions: HashMap::new(),
                 next_conn: 1,
                 stats: ServerStats::default(),
+                resets: 0,
             }),
             clock,
             cfg: config.clone(),
@@ -255,6 +286,16 @@ impl VenueHandle {
         if let Some(t) = self.ticker.take() {
             t.abort();
         }
+    }
+
+    /// Restarts the venue with state loss, as a venue process killed and started again would:
+    /// every connection is reset, orders and report logs are forgotten, account sequences
+    /// start again at 0 and `login_ok.venue_epoch` changes. Returns the new epoch.
+    pub fn reset_venue(&self) -> Option<String> {
+        let now = self.shared.clock.now();
+        let mut core = self.shared.core();
+        core.reset_venue(&self.shared.cfg, now);
+        core.venue.config().venue_epoch.clone()
     }
 
     /// Sets the faults of the account's live connection; false if it has none.
@@ -636,7 +677,11 @@ fn on_frame(shared: &Shared, s: &mut Session, msg: Message) -> bool {
             );
         }
         (ClientMsg::Fault(control), Some(_)) => {
-            if shared.cfg.allow_fault_control {
+            if shared.cfg.allow_fault_control && control.fault.reset_venue_now {
+                let now = shared.clock.now();
+                core.reset_venue(&shared.cfg, now);
+                s.account = None;
+            } else if shared.cfg.allow_fault_control {
                 s.split.set(&control.fault);
                 s.faults.set(control.fault);
             } else {
@@ -650,6 +695,10 @@ fn on_frame(shared: &Shared, s: &mut Session, msg: Message) -> bool {
             }
         }
         (request, Some(account)) => {
+            if let ClientMsg::NewOrder(o) = &request {
+                // One line per arrival (drills count them: no client order id twice).
+                tracing::debug!(target: "vpp_venue_orders", client_order_id = %o.client_order_id, "new_order received");
+            }
             let effects = core.venue.handle(account, request, now);
             core.route(Some(s.id), effects);
         }

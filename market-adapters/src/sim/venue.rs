@@ -255,6 +255,9 @@ pub struct VenueConfig {
     pub max_reports_retained: usize,
     /// Outbound frames queued per connection before a slow client is cut off.
     pub send_queue_frames: usize,
+    /// Announced in `login_ok.venue_epoch`; a restarted venue that lost its state must announce
+    /// a new one. `None`: not announced.
+    pub venue_epoch: Option<String>,
 }
 
 impl Default for VenueConfig {
@@ -289,6 +292,7 @@ impl Default for VenueConfig {
             max_orders_per_account: 1_000_000,
             max_reports_retained: 1_000_000,
             send_queue_frames: 4_096,
+            venue_epoch: None,
         }
     }
 }
@@ -590,6 +594,7 @@ impl Venue {
                 server_time: now,
                 heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
                 rate_limit: self.cfg.rate_limit,
+                venue_epoch: self.cfg.venue_epoch.clone(),
             },
         ))
     }
