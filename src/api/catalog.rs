@@ -62,7 +62,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/resources/geojson", web::get().to(resources_geojson))
         .route("/resources/{id}", web::get().to(get_resource))
         .route("/resources/{id}", web::patch().to(update_resource))
-        .route("/resources/{id}", web::put().to(update_resource))
+        .route("/resources/{id}", web::put().to(replace_resource))
         .route("/resources/{id}", web::delete().to(retire_resource))
         .route("/aggregations", web::get().to(list_aggregations))
         .route("/aggregations", web::post().to(create_aggregation))
@@ -324,7 +324,7 @@ pub async fn list_templates(
     Ok(HttpResponse::Ok().json(Page::from_vec(views, page_req(q.limit, q.offset)?)))
 }
 
-#[utoipa::path(post, path = "/api/v1/templates", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/templates", tag = "catalog", request_body = TemplateBody, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_template(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -344,7 +344,7 @@ pub async fn create_template(
     .await
 }
 
-#[utoipa::path(post, path = "/api/v1/templates/validate", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/templates/validate", tag = "catalog", request_body = TemplateBody, responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn validate_template(
     caller: Caller,
     body: Body<TemplateBody>,
@@ -369,7 +369,7 @@ pub async fn get_template(
     Ok(HttpResponse::Ok().json(TemplateView::of(latest, u32::try_from(versions.len()).ok())))
 }
 
-#[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "catalog", request_body = TemplateBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_template(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -538,7 +538,7 @@ pub struct NewResource {
 pub struct ResourcePatch {
     pub name: Option<String>,
     pub site: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub location: Option<GeoLocation>,
     /// A lifecycle move: commissioning -> active <-> maintenance, any -> retired.
     pub state: Option<String>,
@@ -646,7 +646,7 @@ pub async fn resources_geojson(
         .json(geojson(&page.items)))
 }
 
-#[utoipa::path(post, path = "/api/v1/resources", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/resources", tag = "catalog", request_body = NewResource, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_resource(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -722,7 +722,7 @@ pub async fn get_resource(
     Ok(HttpResponse::Ok().json(v))
 }
 
-#[utoipa::path(patch, path = "/api/v1/resources/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/api/v1/resources/{id}", tag = "catalog", request_body = ResourcePatch, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_resource(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -767,6 +767,17 @@ pub async fn update_resource(
         },
     )
     .await
+}
+
+/// `PUT` takes the same body as `PATCH`: fields left out keep their value.
+#[utoipa::path(put, path = "/api/v1/resources/{id}", tag = "catalog", request_body = ResourcePatch, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn replace_resource(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: Body<ResourcePatch>,
+) -> Result<HttpResponse, ApiError> {
+    update_resource(state, caller, path, body).await
 }
 
 async fn refuse_retire_member(store: &Store, id: ResourceId) -> Result<(), ApiError> {
@@ -906,7 +917,7 @@ async fn store_checked(state: &ApiState, mut a: Aggregation) -> Result<Aggregati
     Ok(a)
 }
 
-#[utoipa::path(post, path = "/api/v1/aggregations", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/aggregations", tag = "catalog", request_body = AggregationBody, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -963,7 +974,7 @@ pub async fn get_aggregation(
     Ok(HttpResponse::Ok().json(view(&state, &a)))
 }
 
-#[utoipa::path(put, path = "/api/v1/aggregations/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/aggregations/{id}", tag = "catalog", request_body = AggregationBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -1046,7 +1057,7 @@ pub async fn list_members(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "aggregation_id": a.id.0, "items": members })))
 }
 
-#[utoipa::path(post, path = "/api/v1/aggregations/{id}/members", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/aggregations/{id}/members", tag = "catalog", request_body = MemberBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn set_member(
     state: web::Data<ApiState>,
     caller: Caller,

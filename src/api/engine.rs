@@ -38,7 +38,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/risk/kill-switch/engage", web::post().to(engage))
         .route("/risk/kill-switch/release", web::post().to(release))
         .service(
-            web::resource(["/risk/limits/{level}", "/risk/limits/{level}/{id}"])
+            web::resource("/risk/limits/{level}")
+                .route(web::get().to(get_default_limits))
+                .route(web::put().to(put_default_limits)),
+        )
+        .service(
+            web::resource("/risk/limits/{level}/{id}")
                 .route(web::get().to(get_limits))
                 .route(web::put().to(put_limits)),
         )
@@ -307,7 +312,7 @@ pub struct ScopeQuery {
 
 /// Exposure per aggregation and strategy: limits used, positions, headroom, kill switch.
 #[utoipa::path(get, path = "/api/v1/risk/exposure", tag = "risk", params(ScopeQuery),
-    responses((status = 200, description = "Exposure views (risk ExposureView JSON)", body = Object)),
+    responses((status = 200, description = "Exposure views (risk ExposureView JSON), one per aggregation and strategy in scope", body = Vec<Object>)),
     security(("bearer" = [])))]
 pub async fn exposure(
     state: web::Data<ApiState>,
@@ -441,6 +446,38 @@ pub async fn get_limits(
     let e = state.engine()?;
     let scope = e.limit_scope(&path.level, path.id.as_deref().map(parse_key))?;
     Ok(HttpResponse::Ok().json(e.limits(scope).await?))
+}
+
+/// Risk limits of `aggregation_defaults` or `strategy_defaults`.
+#[utoipa::path(get, path = "/api/v1/risk/limits/{level}", tag = "risk",
+    params(("level" = String, Path, description = "aggregation_defaults | strategy_defaults")),
+    responses((status = 200, description = "RiskLimits JSON", body = Object),
+        (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody),
+        (status = 503, description = "the live engine is not running", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_default_limits(
+    state: web::Data<ApiState>,
+    c: Caller,
+    path: web::Path<LimitPath>,
+) -> Result<HttpResponse, ApiError> {
+    get_limits(state, c, path).await
+}
+
+/// Replace the default risk limits (admin).
+#[utoipa::path(put, path = "/api/v1/risk/limits/{level}", tag = "risk",
+    params(("level" = String, Path, description = "aggregation_defaults | strategy_defaults")),
+    request_body(content = Object, description = "RiskLimits JSON (missing fields take defaults)"),
+    responses((status = 200, description = "LimitChange JSON", body = Object),
+        (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody),
+        (status = 503, description = "the live engine is not running", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_default_limits(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<LimitPath>,
+    body: Body<RiskLimits>,
+) -> Result<HttpResponse, ApiError> {
+    put_limits(state, caller, path, body).await
 }
 
 /// Replace the risk limits of a scope (admin); answers the change (old and new).

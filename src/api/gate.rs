@@ -286,10 +286,7 @@ async fn authenticate(
                 }
             }
         }
-        Err(e) => {
-            let _ = state.peers.check(peer, Instant::now());
-            return Err(e);
-        }
+        Err(e) => return Err(spend(state, peer, e)),
     };
     let Some((hash, row)) = found else {
         return Err(spend(

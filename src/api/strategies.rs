@@ -371,7 +371,7 @@ pub struct NewStrategy {
     pub enabled: bool,
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies", tag = "strategies", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies", tag = "strategies", request_body = NewStrategy, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -439,7 +439,7 @@ pub struct StrategyPatch {
     pub shadow: Option<bool>,
 }
 
-#[utoipa::path(put, path = "/api/v1/strategies/{id}", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/strategies/{id}", tag = "strategies", request_body = StrategyPatch, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -494,7 +494,7 @@ pub struct ActivateBody {
     pub version: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies/{id}/activate", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies/{id}/activate", tag = "strategies", request_body(content = Option<ActivateBody>), params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn activate(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -563,7 +563,7 @@ pub struct ShadowBody {
     pub shadow: bool,
 }
 
-#[utoipa::path(put, path = "/api/v1/strategies/{id}/shadow", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/strategies/{id}/shadow", tag = "strategies", request_body = ShadowBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn set_shadow(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -630,7 +630,7 @@ pub struct ValidateBody {
     pub params: serde_json::Value,
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies/validate", tag = "strategies", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies/validate", tag = "strategies", request_body = ValidateBody, responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn validate(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -894,7 +894,7 @@ fn run_blocking(
     serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies/{id}/backtests", tag = "strategies", params(("id" = String, Path)), responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies/{id}/backtests", tag = "strategies", request_body = BacktestBody, params(("id" = String, Path)), responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn run_backtest(
     state: web::Data<ApiState>,
     caller: Caller,
