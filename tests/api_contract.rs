@@ -327,6 +327,58 @@ fn strict_requests_against_the_daemon() {
     let r = post(a, "/api/v1/orders", &trader, order);
     assert!(r.status != 404, "market \"2\" is market 2: {}", r.body);
 
+    // Absurd orders are refused by risk (the same checks strategies pass through).
+    let absurd = |qty: &str, interval: &str| {
+        format!(
+            r#"{{"market":"yunnan-real-time","aggregation":"vpp-south","side":"sell",
+            "quantity_mw":"{qty}","price_cny_per_mwh":"1400","interval_start":"{interval}"}}"#
+        )
+    };
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(3))
+        .format("%Y-%m-%dT%H:00:00Z")
+        .to_string();
+    for (body, code) in [
+        (
+            absurd("0.0000000000000000000000000001", &soon),
+            "invalid_quantity",
+        ),
+        (absurd("0.1234", &soon), "invalid_quantity"),
+        (absurd("0.1", "9999-12-31T23:45:00Z"), "beyond_horizon"),
+    ] {
+        let r = post(a, "/api/v1/orders", &trader, &body);
+        assert_eq!(r.status, 422, "{body}: {}", r.body);
+        assert_eq!(r.error_code(), "risk_rejected");
+        assert!(r.body.contains(code), "{code}: {}", r.body);
+    }
+    // Limits: negative refused; zero means none allowed.
+    let r = call(
+        a,
+        "PUT",
+        "/api/v1/risk/limits/strategy_defaults",
+        Some(&admin),
+        Some(r#"{"max_order_mw":"-1"}"#),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = call(
+        a,
+        "PUT",
+        "/api/v1/risk/limits/strategy_defaults",
+        Some(&admin),
+        Some(r#"{"orders_per_second":0}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(
+        a,
+        "/api/v1/orders",
+        &trader,
+        &absurd("0.1", &soon).replace(
+            r#""aggregation":"vpp-south""#,
+            r#""strategy":"north-rt-threshold""#,
+        ),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("strategy_throttle"), "{}", r.body);
+
     // Methods: 405 with Allow, TRACE included.
     let r = call(a, "TRACE", "/api/v1/engine", Some(&admin), None);
     assert_eq!(r.status, 405, "{}", r.body);

@@ -9,7 +9,7 @@
 //!
 //! Invariants:
 //! - A refusal by the gate or by a body/query/path extractor writes at most one audit row at
-//!   once per (peer, actor, status) and window; further refusals in the window are counted and
+//!   once per (peer, actor, status, action) and window; further refusals in the window are counted and
 //!   written as one summary row (`detail.count`) when the window ends. The map of keys is
 //!   bounded ([`MAX_REFUSAL_KEYS`]; beyond it refusals fold into one overflow key), so a flood
 //!   writes a bounded number of rows.
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 /// Window of the refusal summaries.
 pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
-/// Most (peer, actor, status) keys summarised at once.
+/// Most (peer, actor, status, action) keys summarised at once.
 pub const MAX_REFUSAL_KEYS: usize = 256;
 
 /// The operation a request matched (in the request's extensions).
@@ -44,6 +44,8 @@ struct RefusalKey {
     peer: IpAddr,
     actor: String,
     status: u16,
+    /// The operation's audit action (from the role matrix: a bounded set).
+    action: String,
 }
 
 #[derive(Debug)]
@@ -100,12 +102,14 @@ impl RefusalLog {
             peer,
             actor: actor.to_owned(),
             status,
+            action: action.to_owned(),
         };
         if !map.contains_key(&key) && map.len() >= self.max_keys {
             key = RefusalKey {
                 peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 actor: "*".into(),
                 status: 0,
+                action: "*".into(),
             };
         }
         match map.get_mut(&key) {
@@ -278,11 +282,11 @@ async fn authenticate(
                     if let Err(retry_after_s) = state.peers.peek(peer, Instant::now()) {
                         return Err(ApiError::RateLimited { retry_after_s });
                     }
-                    state
-                        .store
-                        .find_api_token_by_hash(&hash)
-                        .await?
-                        .map(|row| (hash, row))
+                    let row = state.store.find_api_token_by_hash(&hash).await?;
+                    if let Some(row) = &row {
+                        state.tokens.put(hash.clone(), row.clone(), Instant::now());
+                    }
+                    row.map(|row| (hash, row))
                 }
             }
         }
@@ -295,7 +299,6 @@ async fn authenticate(
             ApiError::Unauthorized("unknown token".into()),
         ));
     };
-    state.tokens.put(hash.clone(), row.clone(), Instant::now());
     if row.revoked_at.is_some() {
         let e = ApiError::Unauthorized(format!("token {:?} is revoked", row.name));
         return Err(spend(state, peer, e));

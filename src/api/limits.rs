@@ -50,12 +50,12 @@ pub struct RateLimiter<K = u64> {
 
 impl RateLimit {
     /// The budget of unauthenticated calls per peer address: a tenth of a token's (at least
-    /// 1/s, burst 5), so a client without a valid token cannot flood the store with lookups
+    /// 5/s, burst 20), so a client without a valid token cannot flood the store with lookups
     /// and refusals.
     pub fn for_peers(self) -> Self {
         Self {
-            rate_per_s: (self.rate_per_s / 10.0).max(1.0),
-            burst: (self.burst / 10).max(5),
+            rate_per_s: (self.rate_per_s / 10.0).max(5.0),
+            burst: (self.burst / 10).max(20),
             max_tokens: self.max_tokens,
         }
     }
