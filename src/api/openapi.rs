@@ -157,8 +157,8 @@ impl Modify for BearerAuth {
 }
 
 /// Documents on every operation the errors the gate and the extractors can answer, in the
-/// one error shape: 400 (bad query, path or body), 404, and where a token is needed 401, 403,
-/// 429 and 503; where a body is taken 413 and 415. An operation's own documented answers for
+/// one error shape: 400 (bad query, path or body), 404, 422 (invalid input), and where a
+/// token is needed 401, 403, 409, 429 and 503; where a body is taken 413 and 415. An operation's own documented answers for
 /// the same codes are kept.
 struct ErrorResponses;
 
@@ -190,6 +190,7 @@ impl Modify for ErrorResponses {
                 let mut codes = vec![
                     ("400", "bad query, path or body (`field` names it)"),
                     ("404", "unknown route or object (`field` names the input)"),
+                    ("422", "well-formed but invalid input (`field` names it)"),
                 ];
                 if secured {
                     codes.extend([
@@ -198,6 +199,9 @@ impl Modify for ErrorResponses {
                         ("429", "rate limited (the token's, or the peer's without a valid token); see Retry-After"),
                         ("503", "the store or the live engine cannot answer now"),
                     ]);
+                }
+                if secured {
+                    codes.push(("409", "the current state does not allow it"));
                 }
                 if has_body {
                     codes.extend([
