@@ -67,6 +67,17 @@ struct Row {
     detail: serde_json::Value,
 }
 
+/// One refused call.
+#[derive(Debug, Clone, Copy)]
+struct Refusal<'a> {
+    peer: IpAddr,
+    actor: &'a str,
+    status: u16,
+    action: &'a str,
+    target: &'a str,
+    outcome: &'a str,
+}
+
 /// Counted, bounded audit of refusals.
 #[derive(Debug)]
 pub struct RefusalLog {
@@ -86,16 +97,15 @@ impl RefusalLog {
 
     /// Counts one refusal; returns the rows to write now (the first of its window, and the
     /// summaries of windows that ended).
-    fn record(
-        &self,
-        peer: IpAddr,
-        actor: &str,
-        status: u16,
-        action: &str,
-        target: &str,
-        outcome: &str,
-        now: Instant,
-    ) -> Vec<Row> {
+    fn record(&self, r: &Refusal<'_>, now: Instant) -> Vec<Row> {
+        let Refusal {
+            peer,
+            actor,
+            status,
+            action,
+            target,
+            outcome,
+        } = *r;
         let mut rows = self.take_expired(now);
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let mut key = RefusalKey {
@@ -211,15 +221,16 @@ pub async fn refused(req: &HttpRequest, err: &ApiError) {
         .get::<Matched>()
         .and_then(|m| m.0.action)
         .map_or_else(|| format!("{} {}", req.method(), req.path()), str::to_owned);
-    let rows = state.refusals.record(
-        peer_of(req),
-        &actor,
-        err.status_code().as_u16(),
-        &action,
-        req.path(),
-        &err.audit_outcome(),
-        Instant::now(),
-    );
+    let outcome = err.audit_outcome();
+    let refusal = Refusal {
+        peer: peer_of(req),
+        actor: &actor,
+        status: err.status_code().as_u16(),
+        action: &action,
+        target: req.path(),
+        outcome: &outcome,
+    };
+    let rows = state.refusals.record(&refusal, Instant::now());
     write_rows(state, rows).await;
 }
 
@@ -396,11 +407,17 @@ mod tests {
         let t0 = Instant::now();
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
         let mut written = 0;
+        let r = |peer| Refusal {
+            peer,
+            actor: "anonymous",
+            status: 401,
+            action: "engine.stop",
+            target: "/x",
+            outcome: "denied",
+        };
         for i in 0..1_000u64 {
             let at = t0 + Duration::from_millis(i);
-            written += log
-                .record(peer, "anonymous", 401, "engine.stop", "/x", "denied", at)
-                .len();
+            written += log.record(&r(peer), at).len();
         }
         assert_eq!(written, 1, "one row at once, the rest counted");
         assert!(log.tracked() <= 4);
@@ -411,7 +428,7 @@ mod tests {
         // Many peers: the map stays bounded and the rest fold into one key.
         for i in 0..100u8 {
             let p = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
-            log.record(p, "anonymous", 401, "a", "/x", "denied", t0);
+            log.record(&r(p), t0);
         }
         assert!(log.tracked() <= 5, "{}", log.tracked());
     }
