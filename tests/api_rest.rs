@@ -594,11 +594,22 @@ async fn strategies_versions_shadow_validation_and_a_backtest_run() {
         })
     );
     assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&b));
+    // Strategy changes are the admin's (docs/api.md); a trader is refused before the body.
     let (s, _, b) = call!(
         svc,
         post,
         "/api/v1/strategies",
         e.trader,
+        json!({
+            "name": "arb", "kind": "battery_arbitrage", "aggregation_id": agg, "market_id": market, "params": {}
+        })
+    );
+    assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&b));
+    let (s, _, b) = call!(
+        svc,
+        post,
+        "/api/v1/strategies",
+        e.admin,
         json!({
             "name": "api-arb", "kind": "battery_arbitrage", "aggregation_id": agg, "market_id": market,
             "params": {"power_mw": 1, "energy_mwh": 2}
@@ -615,7 +626,7 @@ async fn strategies_versions_shadow_validation_and_a_backtest_run() {
         svc,
         put,
         &format!("/api/v1/strategies/{id}/shadow"),
-        e.trader,
+        e.admin,
         json!({"shadow": true})
     );
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
@@ -628,7 +639,7 @@ async fn strategies_versions_shadow_validation_and_a_backtest_run() {
         svc,
         put,
         &format!("/api/v1/strategies/{id}"),
-        e.trader,
+        e.admin,
         json!({"params": {"power_mw": -1}})
     );
     assert_eq!(error_of(s, &b).1.as_deref(), Some("params.power_mw"));
@@ -636,7 +647,7 @@ async fn strategies_versions_shadow_validation_and_a_backtest_run() {
         svc,
         post,
         &format!("/api/v1/strategies/{id}/activate"),
-        e.trader,
+        e.admin,
         json!({"version": 1})
     );
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));

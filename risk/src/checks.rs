@@ -57,6 +57,48 @@ pub fn quantity(quantity_mw: Decimal, market: Scope) -> Check {
     )
 }
 
+/// The quantity is at least the market's minimum and has at most its decimal places.
+pub fn quantity_step(market: Scope, quantity_mw: Decimal, min_mw: Decimal, decimals: u32) -> Check {
+    if quantity_mw < min_mw {
+        return reject(
+            RejectCode::InvalidQuantity,
+            market,
+            format!("quantity {quantity_mw} MW is below the market's minimum of {min_mw} MW"),
+        );
+    }
+    if quantity_mw.normalize().scale() > decimals {
+        return reject(
+            RejectCode::InvalidQuantity,
+            market,
+            format!(
+                "quantity {quantity_mw} MW has more than the market's {decimals} decimal places"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The delivery interval starts within the market's trading horizon from now.
+pub fn horizon(
+    market: &Market,
+    interval: DeliveryInterval,
+    now: Timestamp,
+    horizon_hours: u32,
+) -> Check {
+    let latest = now + chrono::Duration::hours(i64::from(horizon_hours));
+    if interval.start() <= latest {
+        return Ok(());
+    }
+    reject(
+        RejectCode::BeyondHorizon,
+        Scope::Market(market.id),
+        format!(
+            "interval {interval} starts after {latest}: market {} trades at most {horizon_hours} h ahead",
+            market.name
+        ),
+    )
+}
+
 pub fn duplicate(known: bool, id: &ClientOrderId) -> Check {
     if !known {
         return Ok(());
@@ -308,6 +350,7 @@ pub fn strategy_throttle(
     limits: &RiskLimits,
     now: Timestamp,
 ) -> Check {
+    throttle_open(strategy, limits)?;
     if bucket.allows(now) {
         return Ok(());
     }
@@ -316,6 +359,21 @@ pub fn strategy_throttle(
         Scope::Strategy(strategy),
         format!(
             "order rate above {} per second (burst {}): no token left",
+            limits.orders_per_second, limits.order_burst
+        ),
+    )
+}
+
+/// A zero `orders_per_second` or `order_burst` allows no order at all.
+pub fn throttle_open(strategy: StrategyId, limits: &RiskLimits) -> Check {
+    if limits.throttle_allows_any() {
+        return Ok(());
+    }
+    reject(
+        RejectCode::StrategyThrottle,
+        Scope::Strategy(strategy),
+        format!(
+            "orders_per_second {} / order_burst {}: a zero limit allows no order",
             limits.orders_per_second, limits.order_burst
         ),
     )
@@ -369,6 +427,60 @@ mod tests {
         assert_eq!(err.code, RejectCode::PriceCollar);
         assert!(err.message.contains("320..=480"), "{}", err.message);
         assert!(collar(m, dec!(319.99), dec!(400), dec!(80)).is_err());
+    }
+
+    #[test]
+    fn quantity_steps_and_horizon() {
+        let m = Scope::Global;
+        assert!(quantity_step(m, dec!(0.001), dec!(0.001), 3).is_ok());
+        assert!(quantity_step(m, dec!(1.500), dec!(0.001), 3).is_ok());
+        let e = quantity_step(m, Decimal::new(1, 28), dec!(0.001), 3).unwrap_err();
+        assert!(
+            e.message.contains("below the market's minimum"),
+            "{}",
+            e.message
+        );
+        let e = quantity_step(m, dec!(1.0001), dec!(0.001), 3).unwrap_err();
+        assert_eq!(e.code, RejectCode::InvalidQuantity);
+        let market = Market {
+            id: vpp_engine::ids::MarketId(2),
+            name: "rt".into(),
+            kind: MarketKind::RealTime,
+            timezone: chrono_tz::Asia::Shanghai,
+            price_cap_cny_per_mwh: dec!(1500),
+            price_floor_cny_per_mwh: dec!(0),
+            negative_prices_allowed: false,
+            gate_closure_minutes_before: 0,
+        };
+        let now: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let soon = DeliveryInterval::starting_at("2030-01-02T23:45:00Z".parse().unwrap()).unwrap();
+        assert!(horizon(&market, soon, now, 48).is_ok());
+        let far = DeliveryInterval::starting_at("9999-12-31T23:45:00Z".parse().unwrap()).unwrap();
+        assert_eq!(
+            horizon(&market, far, now, 48).unwrap_err().code,
+            RejectCode::BeyondHorizon
+        );
+    }
+
+    #[test]
+    fn a_zero_rate_allows_no_order() {
+        let now: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let limits = RiskLimits {
+            orders_per_second: 0,
+            ..RiskLimits::default()
+        };
+        // The bucket starts full (burst 50), yet a zero rate means none allowed.
+        let bucket = TokenBucket::new(limits.orders_per_second, limits.order_burst);
+        let e = strategy_throttle(StrategyId(1), &bucket, &limits, now).unwrap_err();
+        assert_eq!(e.code, RejectCode::StrategyThrottle);
+        let open = RiskLimits::default();
+        let bucket = TokenBucket::new(open.orders_per_second, open.order_burst);
+        assert!(strategy_throttle(StrategyId(1), &bucket, &open, now).is_ok());
+        let none = RiskLimits {
+            max_order_mw: Decimal::ZERO,
+            ..RiskLimits::default()
+        };
+        assert!(max_order(&none, Scope::Global, dec!(0.001)).is_err());
     }
 
     #[test]

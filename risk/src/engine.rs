@@ -75,6 +75,9 @@ struct MarketEntry {
     collar_band_cny_per_mwh: Option<Decimal>,
     collar_band_fraction: Option<Decimal>,
     reference_cny_per_mwh: Option<Decimal>,
+    min_quantity_mw: Decimal,
+    quantity_decimals: u32,
+    horizon_hours: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +311,15 @@ impl RiskEngine {
             collar_band_cny_per_mwh: cfg.and_then(|m| m.collar_band_cny_per_mwh),
             collar_band_fraction: cfg.and_then(|m| m.collar_band_fraction),
             reference_cny_per_mwh: reference,
+            min_quantity_mw: cfg
+                .and_then(|m| m.min_quantity_mw)
+                .unwrap_or(crate::limits::DEFAULT_MIN_QUANTITY_MW),
+            quantity_decimals: cfg
+                .and_then(|m| m.quantity_decimals)
+                .unwrap_or(crate::limits::DEFAULT_QUANTITY_DECIMALS),
+            horizon_hours: cfg
+                .and_then(|m| m.horizon_hours)
+                .unwrap_or(crate::limits::DEFAULT_HORIZON_HOURS),
             market,
         };
         self.markets.insert(entry.market.id, entry);
@@ -466,6 +478,13 @@ impl RiskEngine {
                 ),
             ));
         };
+        checks::quantity_step(
+            market_scope,
+            r.quantity_mw,
+            m.min_quantity_mw,
+            m.quantity_decimals,
+        )?;
+        checks::horizon(&m.market, r.interval, now, m.horizon_hours)?;
         checks::gate(&m.market, r.interval, now)?;
         checks::price_limits(&m.market, r.price_cny_per_mwh)?;
         let idx = interval_index(r.interval);
@@ -540,6 +559,8 @@ impl RiskEngine {
             )?;
             let l = &self.strat_defaults;
             checks::max_order(l, scope, r.quantity_mw)?;
+            checks::open_orders(l, scope, 0)?;
+            checks::throttle_open(sid, l)?;
             return checks::daily_notional(l, scope, Decimal::ZERO, notional);
         };
         checks::max_order(&s.limits, scope, r.quantity_mw)?;

@@ -67,6 +67,7 @@ code_enum!(
         StorageEnergy => "storage_energy",
         SelfTrade => "self_trade",
         TrackingLimit => "tracking_limit",
+        BeyondHorizon => "beyond_horizon",
     }
 );
 

@@ -66,27 +66,39 @@ impl Default for RiskLimits {
 }
 
 impl RiskLimits {
+    /// A limit of zero means none allowed (a zero `max_order_mw`, `orders_per_second` or
+    /// `order_burst` refuses every order); a negative limit is refused, as is
+    /// `order_burst` below `orders_per_second` when both are set (the bucket could never hold
+    /// one second's orders).
     pub fn validate(&self, prefix: &str) -> Result<(), RiskConfigError> {
-        let positive = [
+        let amounts = [
             ("max_order_mw", self.max_order_mw),
             ("max_net_position_mw", self.max_net_position_mw),
             ("daily_notional_cny", self.daily_notional_cny),
         ];
-        for (field, value) in positive {
-            if value <= Decimal::ZERO {
+        for (field, value) in amounts {
+            if value.is_sign_negative() && !value.is_zero() {
                 return Err(RiskConfigError::new(
                     format!("{prefix}.{field}"),
-                    format!("{value} must be greater than 0"),
+                    format!("{value} is negative; use 0 to allow none"),
                 ));
             }
         }
-        if self.order_burst == 0 {
+        if self.order_burst > 0 && self.order_burst < self.orders_per_second {
             return Err(RiskConfigError::new(
                 format!("{prefix}.order_burst"),
-                "0 would refuse every order; use at least 1 (or engage the kill switch)",
+                format!(
+                    "{} is below orders_per_second {}: the bucket could never hold one second's orders",
+                    self.order_burst, self.orders_per_second
+                ),
             ));
         }
         Ok(())
+    }
+
+    /// Whether the throttle allows any order at all (zero rate or burst: none).
+    pub fn throttle_allows_any(&self) -> bool {
+        self.orders_per_second > 0 && self.order_burst > 0
     }
 }
 
@@ -98,6 +110,14 @@ pub struct VenueLimit {
     pub max_orders: u32,
     pub window_ms: u64,
 }
+
+/// Smallest order quantity of a market without its own `min_quantity_mw` (1 kW).
+pub const DEFAULT_MIN_QUANTITY_MW: Decimal = Decimal::from_parts(1, 0, 0, false, 3);
+/// Decimal places of a quantity in a market without its own `quantity_decimals` (kW steps).
+pub const DEFAULT_QUANTITY_DECIMALS: u32 = 3;
+/// How far ahead an order's delivery interval may start in a market without its own
+/// `horizon_hours`: 48 h covers the next trading day of a day-ahead market.
+pub const DEFAULT_HORIZON_HOURS: u32 = 48;
 
 /// Risk settings of one market.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +133,16 @@ pub struct MarketRisk {
     /// Collar half-width as a fraction of |reference|; the wider of the two bands applies.
     #[serde(default)]
     pub collar_band_fraction: Option<Decimal>,
+    /// Smallest order quantity (default [`DEFAULT_MIN_QUANTITY_MW`], 0.001 MW).
+    #[serde(default)]
+    pub min_quantity_mw: Option<Decimal>,
+    /// Most decimal places of a quantity (default [`DEFAULT_QUANTITY_DECIMALS`], 3).
+    #[serde(default)]
+    pub quantity_decimals: Option<u32>,
+    /// Latest start of a delivery interval, in hours from now (default
+    /// [`DEFAULT_HORIZON_HOURS`], 48).
+    #[serde(default)]
+    pub horizon_hours: Option<u32>,
 }
 
 impl MarketRisk {
@@ -122,6 +152,9 @@ impl MarketRisk {
             venue: None,
             collar_band_cny_per_mwh: None,
             collar_band_fraction: None,
+            min_quantity_mw: None,
+            quantity_decimals: None,
+            horizon_hours: None,
         }
     }
 }
@@ -272,6 +305,25 @@ impl RiskConfig {
                     ));
                 }
             }
+            let key = format!("risk.markets[market_id={}]", m.market_id);
+            if m.min_quantity_mw.is_some_and(|q| q <= Decimal::ZERO) {
+                return Err(RiskConfigError::new(
+                    format!("{key}.min_quantity_mw"),
+                    "must be greater than 0",
+                ));
+            }
+            if m.quantity_decimals.is_some_and(|d| d > 6) {
+                return Err(RiskConfigError::new(
+                    format!("{key}.quantity_decimals"),
+                    "at most 6 (1 W steps)",
+                ));
+            }
+            if m.horizon_hours == Some(0) {
+                return Err(RiskConfigError::new(
+                    format!("{key}.horizon_hours"),
+                    "must be at least 1",
+                ));
+            }
             let negative = [m.collar_band_cny_per_mwh, m.collar_band_fraction]
                 .into_iter()
                 .flatten()
@@ -368,12 +420,29 @@ mod tests {
         cfg.strategies.push(StrategyLimits {
             id: StrategyId(3),
             limits: RiskLimits {
-                max_order_mw: dec!(0),
+                max_order_mw: dec!(-1),
                 ..RiskLimits::default()
             },
         });
         let err = cfg.validate().unwrap_err();
         assert_eq!(err.field, "risk.strategies[id=3].limits.max_order_mw");
+        // Zero is a limit (none allowed), not an error.
+        cfg.strategies[0].limits.max_order_mw = dec!(0);
+        cfg.validate().unwrap();
+        cfg.strategies[0].limits.order_burst = 5;
+        cfg.strategies[0].limits.orders_per_second = 10;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.field, "risk.strategies[id=3].limits.order_burst");
+
+        let mut cfg = RiskConfig::default();
+        cfg.markets.push(MarketRisk {
+            min_quantity_mw: Some(dec!(0)),
+            ..MarketRisk::new(MarketId(1))
+        });
+        assert_eq!(
+            cfg.validate().unwrap_err().field,
+            "risk.markets[market_id=1].min_quantity_mw"
+        );
 
         let mut cfg = RiskConfig::default();
         cfg.markets.push(MarketRisk {

@@ -1,8 +1,9 @@
 //! The audit trail of the operator API: every state-changing call, allowed or refused.
 //!
 //! Invariants:
-//! - A handler that changes state calls [`audit`] once with the outcome (`ok`, `denied: ...`,
-//!   `error: ...`); refusals by role or token are audited by [`super::auth`].
+//! - A handler that changes state calls [`audit`] once with the outcome (`ok`, `error: ...`);
+//!   refusals before the handler (token, rate limit, role, body) are audited by
+//!   [`super::gate`] as bounded, counted summaries.
 //! - A failing audit write never turns a done change into an error answer: it is logged as an
 //!   error (the change already happened), and the store's own health shows the fault.
 
@@ -22,19 +23,6 @@ pub async fn audit(
     write(state, &caller.name, action, target, outcome, detail).await;
 }
 
-/// Audits a refused call from an unauthenticated client.
-pub async fn audit_anonymous(state: &ApiState, action: &str, target: &str, outcome: &str) {
-    write(
-        state,
-        "anonymous",
-        action,
-        target,
-        outcome,
-        serde_json::Value::Null,
-    )
-    .await;
-}
-
 /// Audits the result of a handler: `ok` or the error's outcome.
 pub async fn audit_result<T>(
     state: &ApiState,
@@ -51,7 +39,7 @@ pub async fn audit_result<T>(
     audit(state, caller, action, target, &outcome, detail).await;
 }
 
-async fn write(
+pub(crate) async fn write(
     state: &ApiState,
     actor: &str,
     action: &str,

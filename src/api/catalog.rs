@@ -19,6 +19,7 @@
 
 use super::audit::audit_result;
 use super::auth::Caller;
+use super::body::Body;
 use super::error::ApiError;
 use super::page::{Page, PageParams, PageReq};
 use super::ApiState;
@@ -61,7 +62,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/resources/geojson", web::get().to(resources_geojson))
         .route("/resources/{id}", web::get().to(get_resource))
         .route("/resources/{id}", web::patch().to(update_resource))
-        .route("/resources/{id}", web::put().to(update_resource))
+        .route("/resources/{id}", web::put().to(replace_resource))
         .route("/resources/{id}", web::delete().to(retire_resource))
         .route("/aggregations", web::get().to(list_aggregations))
         .route("/aggregations", web::post().to(create_aggregation))
@@ -86,12 +87,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 // ------------------------------------------------------------------ helpers
 
-/// Runs a state-changing handler body: role check (a refusal is audited as denied), then the
-/// body, then one audit row with its outcome.
+/// Runs a state-changing handler body (the gate has checked the role against the matrix in
+/// `roles.rs`), then writes one audit row with its outcome.
 pub(crate) async fn audited<F>(
     state: &ApiState,
     caller: &Caller,
-    role: Role,
     action: &str,
     target: &str,
     body: F,
@@ -99,7 +99,6 @@ pub(crate) async fn audited<F>(
 where
     F: std::future::Future<Output = Result<HttpResponse, ApiError>>,
 {
-    caller.authorize(state, role, action, target).await?;
     let result = body.await;
     audit_result(
         state,
@@ -325,37 +324,30 @@ pub async fn list_templates(
     Ok(HttpResponse::Ok().json(Page::from_vec(views, page_req(q.limit, q.offset)?)))
 }
 
-#[utoipa::path(post, path = "/api/v1/templates", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/templates", tag = "catalog", request_body = TemplateBody, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_template(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<TemplateBody>,
+    body: Body<TemplateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    audited(
-        &state,
-        &caller,
-        Role::Admin,
-        "template.create",
-        "template",
-        async {
-            let draft = body.into_inner().draft()?;
-            let mut registry = registry(&state.store).await?;
-            let id = registry.next_id();
-            let v = registry
-                .create(id, draft, chrono::Utc::now())
-                .map_err(template_error)?
-                .clone();
-            state.store.insert_template_version(&v).await?;
-            Ok(HttpResponse::Created().json(TemplateView::of(&v, Some(1))))
-        },
-    )
+    audited(&state, &caller, "template.create", "template", async {
+        let draft = body.into_inner().draft()?;
+        let mut registry = registry(&state.store).await?;
+        let id = registry.next_id();
+        let v = registry
+            .create(id, draft, chrono::Utc::now())
+            .map_err(template_error)?
+            .clone();
+        state.store.insert_template_version(&v).await?;
+        Ok(HttpResponse::Created().json(TemplateView::of(&v, Some(1))))
+    })
     .await
 }
 
-#[utoipa::path(post, path = "/api/v1/templates/validate", tag = "catalog", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/templates/validate", tag = "catalog", request_body = TemplateBody, responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn validate_template(
     caller: Caller,
-    body: web::Json<TemplateBody>,
+    body: Body<TemplateBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     body.into_inner().draft()?;
@@ -377,18 +369,17 @@ pub async fn get_template(
     Ok(HttpResponse::Ok().json(TemplateView::of(latest, u32::try_from(versions.len()).ok())))
 }
 
-#[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "catalog", request_body = TemplateBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_template(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<TemplateBody>,
+    body: Body<TemplateBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = TemplateId(id_param(&path, "id")?);
     audited(
         &state,
         &caller,
-        Role::Admin,
         "template.update",
         &format!("template/{id}"),
         async {
@@ -415,7 +406,6 @@ pub async fn delete_template(
     audited(
         &state,
         &caller,
-        Role::Admin,
         "template.delete",
         &format!("template/{id}"),
         async {
@@ -548,7 +538,7 @@ pub struct NewResource {
 pub struct ResourcePatch {
     pub name: Option<String>,
     pub site: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub location: Option<GeoLocation>,
     /// A lifecycle move: commissioning -> active <-> maintenance, any -> retired.
     pub state: Option<String>,
@@ -656,64 +646,57 @@ pub async fn resources_geojson(
         .json(geojson(&page.items)))
 }
 
-#[utoipa::path(post, path = "/api/v1/resources", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/resources", tag = "catalog", request_body = NewResource, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_resource(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<NewResource>,
+    body: Body<NewResource>,
 ) -> Result<HttpResponse, ApiError> {
-    audited(
-        &state,
-        &caller,
-        Role::Admin,
-        "resource.create",
-        "resource",
-        async {
-            let b = body.into_inner();
-            let template_id = TemplateId(b.template_id);
-            let versions = state
-                .store
-                .list_template_versions(Some(template_id))
-                .await?;
-            let version = match b.template_version {
-                Some(v) => versions.iter().find(|t| t.version == v).ok_or_else(|| {
-                    ApiError::invalid(
-                        "template_version",
-                        format!(
-                            "template {template_id} has no version {v} (it has 1..={})",
-                            versions.len()
-                        ),
-                    )
-                })?,
-                None => versions.last().ok_or_else(|| {
-                    ApiError::invalid(
-                        "template_id",
-                        format!("template {template_id} does not exist"),
-                    )
-                })?,
-            };
-            let next = state
-                .store
-                .list_resources()
-                .await?
-                .iter()
-                .map(|r| r.id.0)
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let mut r = Resource::new(ResourceId(next), b.name, version, b.site, b.location)
-                .map_err(validation)?;
-            if let Some(s) = b.state.as_deref() {
-                let to = LifecycleState::parse(s).map_err(validation)?;
-                if to != r.state {
-                    r.transition(to)
-                        .map_err(|e| ApiError::invalid("state", e.to_string()))?;
-                }
+    audited(&state, &caller, "resource.create", "resource", async {
+        let b = body.into_inner();
+        let template_id = TemplateId(b.template_id);
+        let versions = state
+            .store
+            .list_template_versions(Some(template_id))
+            .await?;
+        let version = match b.template_version {
+            Some(v) => versions.iter().find(|t| t.version == v).ok_or_else(|| {
+                ApiError::invalid(
+                    "template_version",
+                    format!(
+                        "template {template_id} has no version {v} (it has 1..={})",
+                        versions.len()
+                    ),
+                )
+            })?,
+            None => versions.last().ok_or_else(|| {
+                ApiError::invalid(
+                    "template_id",
+                    format!("template {template_id} does not exist"),
+                )
+            })?,
+        };
+        let next = state
+            .store
+            .list_resources()
+            .await?
+            .iter()
+            .map(|r| r.id.0)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut r = Resource::new(ResourceId(next), b.name, version, b.site, b.location)
+            .map_err(validation)?;
+        if let Some(s) = b.state.as_deref() {
+            let to = LifecycleState::parse(s).map_err(validation)?;
+            if to != r.state {
+                r.transition(to)
+                    .map_err(|e| ApiError::invalid("state", e.to_string()))?;
             }
-            state.store.upsert_resource(&r).await?;
-            Ok(HttpResponse::Created().json(r))
-        },
-    )
+        }
+        state.store.upsert_resource(&r).await?;
+        Ok(HttpResponse::Created().json(r))
+    })
     .await
 }
 
@@ -739,18 +722,17 @@ pub async fn get_resource(
     Ok(HttpResponse::Ok().json(v))
 }
 
-#[utoipa::path(patch, path = "/api/v1/resources/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/api/v1/resources/{id}", tag = "catalog", request_body = ResourcePatch, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_resource(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<ResourcePatch>,
+    body: Body<ResourcePatch>,
 ) -> Result<HttpResponse, ApiError> {
     let id = ResourceId(id_param(&path, "id")?);
     audited(
         &state,
         &caller,
-        Role::Admin,
         "resource.update",
         &format!("resource/{id}"),
         async {
@@ -787,6 +769,17 @@ pub async fn update_resource(
     .await
 }
 
+/// `PUT` takes the same body as `PATCH`: fields left out keep their value.
+#[utoipa::path(put, path = "/api/v1/resources/{id}", tag = "catalog", request_body = ResourcePatch, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn replace_resource(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: Body<ResourcePatch>,
+) -> Result<HttpResponse, ApiError> {
+    update_resource(state, caller, path, body).await
+}
+
 async fn refuse_retire_member(store: &Store, id: ResourceId) -> Result<(), ApiError> {
     let memberships = store.memberships_of(id).await?;
     if memberships.is_empty() {
@@ -811,7 +804,6 @@ pub async fn retire_resource(
     audited(
         &state,
         &caller,
-        Role::Admin,
         "resource.retire",
         &format!("resource/{id}"),
         async {
@@ -925,16 +917,15 @@ async fn store_checked(state: &ApiState, mut a: Aggregation) -> Result<Aggregati
     Ok(a)
 }
 
-#[utoipa::path(post, path = "/api/v1/aggregations", tag = "catalog", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/aggregations", tag = "catalog", request_body = AggregationBody, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<AggregationBody>,
+    body: Body<AggregationBody>,
 ) -> Result<HttpResponse, ApiError> {
     audited(
         &state,
         &caller,
-        Role::Admin,
         "aggregation.create",
         "aggregation",
         async {
@@ -983,35 +974,28 @@ pub async fn get_aggregation(
     Ok(HttpResponse::Ok().json(view(&state, &a)))
 }
 
-#[utoipa::path(put, path = "/api/v1/aggregations/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/aggregations/{id}", tag = "catalog", request_body = AggregationBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_aggregation(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<AggregationBody>,
+    body: Body<AggregationBody>,
 ) -> Result<HttpResponse, ApiError> {
     let target = format!("aggregation/{}", path.as_str());
-    audited(
-        &state,
-        &caller,
-        Role::Admin,
-        "aggregation.update",
-        &target,
-        async {
-            let old = load_aggregation(&state.store, &path).await?;
-            let b = body.into_inner();
-            let a = store_checked(
-                &state,
-                Aggregation {
-                    id: old.id,
-                    name: b.name,
-                    members: b.members,
-                },
-            )
-            .await?;
-            Ok(HttpResponse::Ok().json(view(&state, &a)))
-        },
-    )
+    audited(&state, &caller, "aggregation.update", &target, async {
+        let old = load_aggregation(&state.store, &path).await?;
+        let b = body.into_inner();
+        let a = store_checked(
+            &state,
+            Aggregation {
+                id: old.id,
+                name: b.name,
+                members: b.members,
+            },
+        )
+        .await?;
+        Ok(HttpResponse::Ok().json(view(&state, &a)))
+    })
     .await
 }
 
@@ -1024,27 +1008,20 @@ pub async fn delete_aggregation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let target = format!("aggregation/{}", path.as_str());
-    audited(
-        &state,
-        &caller,
-        Role::Admin,
-        "aggregation.delete",
-        &target,
-        async {
-            let mut a = load_aggregation(&state.store, &path).await?;
-            if runs_live(&state, a.id) {
-                return Err(ApiError::Conflict(format!(
+    audited(&state, &caller, "aggregation.delete", &target, async {
+        let mut a = load_aggregation(&state.store, &path).await?;
+        if runs_live(&state, a.id) {
+            return Err(ApiError::Conflict(format!(
                 "aggregation {} is running in the engine; stop the engine or remove it from the \
                  config first",
                 a.id
             )));
-            }
-            a.members.clear();
-            state.store.upsert_aggregation(&a).await?;
-            set_active(&state, a.id, false);
-            Ok(HttpResponse::Ok().json(view(&state, &a)))
-        },
-    )
+        }
+        a.members.clear();
+        state.store.upsert_aggregation(&a).await?;
+        set_active(&state, a.id, false);
+        Ok(HttpResponse::Ok().json(view(&state, &a)))
+    })
     .await
 }
 
@@ -1080,35 +1057,28 @@ pub async fn list_members(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "aggregation_id": a.id.0, "items": members })))
 }
 
-#[utoipa::path(post, path = "/api/v1/aggregations/{id}/members", tag = "catalog", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/aggregations/{id}/members", tag = "catalog", request_body = MemberBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn set_member(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<MemberBody>,
+    body: Body<MemberBody>,
 ) -> Result<HttpResponse, ApiError> {
     let target = format!("aggregation/{}", path.as_str());
-    audited(
-        &state,
-        &caller,
-        Role::Admin,
-        "aggregation.member.set",
-        &target,
-        async {
-            let mut a = load_aggregation(&state.store, &path).await?;
-            let b = body.into_inner();
-            let rid = ResourceId(b.resource_id);
-            match a.members.iter_mut().find(|m| m.resource_id == rid) {
-                Some(m) => m.share_pct = b.share_pct,
-                None => a.members.push(Membership {
-                    resource_id: rid,
-                    share_pct: b.share_pct,
-                }),
-            }
-            let a = store_checked(&state, a).await?;
-            Ok(HttpResponse::Ok().json(view(&state, &a)))
-        },
-    )
+    audited(&state, &caller, "aggregation.member.set", &target, async {
+        let mut a = load_aggregation(&state.store, &path).await?;
+        let b = body.into_inner();
+        let rid = ResourceId(b.resource_id);
+        match a.members.iter_mut().find(|m| m.resource_id == rid) {
+            Some(m) => m.share_pct = b.share_pct,
+            None => a.members.push(Membership {
+                resource_id: rid,
+                share_pct: b.share_pct,
+            }),
+        }
+        let a = store_checked(&state, a).await?;
+        Ok(HttpResponse::Ok().json(view(&state, &a)))
+    })
     .await
 }
 
@@ -1122,7 +1092,6 @@ pub async fn remove_member(
     audited(
         &state,
         &caller,
-        Role::Admin,
         "aggregation.member.remove",
         &target,
         async {
@@ -1173,7 +1142,7 @@ async fn set_activation(
         "aggregation.deactivate"
     };
     let target = format!("aggregation/{}", path.as_str());
-    audited(&state, &caller, Role::Admin, action, &target, async {
+    audited(&state, &caller, action, &target, async {
         let a = load_aggregation(&state.store, &path).await?;
         if active {
             if a.members.is_empty() {

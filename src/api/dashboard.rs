@@ -21,7 +21,7 @@ const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'sel
 /// Top-level routes (outside `/api/v1`).
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index))
-        .route("/index.html", web::get().to(index))
+        .route("/index.html", web::get().to(index_html))
         .route("/dashboard.js", web::get().to(js))
         .route("/dashboard.css", web::get().to(css));
 }
@@ -43,6 +43,11 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 #[utoipa::path(get, path = "/", tag = "dashboard", responses((status = 200, description = "success")))]
 pub async fn index() -> HttpResponse {
     asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+#[utoipa::path(get, path = "/index.html", tag = "dashboard", responses((status = 200, description = "success")))]
+pub async fn index_html() -> HttpResponse {
+    index().await
 }
 
 #[utoipa::path(get, path = "/dashboard.js", tag = "dashboard", responses((status = 200, description = "success")))]

@@ -61,6 +61,13 @@ pub enum ApiError {
     PayloadTooLarge { limit_bytes: usize },
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
+    /// The path exists, but not with this method; `allow` lists the methods it takes.
+    #[error("{method} is not allowed on {path}; allowed: {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
     #[error("rate limit exceeded; retry in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
     /// The live engine (or a part of it) is not reachable now.
@@ -105,6 +112,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -152,6 +160,7 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -170,6 +179,9 @@ impl ResponseError for ApiError {
             }
             Self::Unauthorized(_) => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                res.insert_header((header::ALLOW, allow.as_str()));
             }
             _ => {}
         }
@@ -206,9 +218,9 @@ fn serde_field(message: &str) -> Option<String> {
     Some(message[start..start + len].to_owned())
 }
 
-/// Bad JSON bodies: 400 (syntax, types), 413 (too large), 415 (not JSON). A refused body of
-/// a state-changing call is audited like any refusal.
-pub fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
+/// Bad JSON bodies of actix's own `web::Json` (the handlers use [`super::body::Body`]):
+/// 400 (syntax, types), 413 (too large), 415 (not JSON).
+pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
         JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge {
             limit_bytes: *limit,
@@ -232,55 +244,7 @@ pub fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error 
         }
         other => ApiError::bad_request("bad_body", format!("request body: {other}")),
     };
-    audit_refused_body(req, &api);
     api.into()
-}
-
-/// Writes the audit row of a state-changing call refused for its body, off the request path
-/// (the JSON error handler is synchronous). The actor is the token's name when the token is
-/// valid, else `anonymous`.
-fn audit_refused_body(req: &HttpRequest, err: &ApiError) {
-    use actix_web::http::Method;
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        return;
-    }
-    let Some(state) = req
-        .app_data::<actix_web::web::Data<super::ApiState>>()
-        .map(|d| d.get_ref().clone())
-    else {
-        return;
-    };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| crate::token::hash(t.trim()));
-    let action = format!("{} {}", req.method(), req.path());
-    let outcome = err.audit_outcome();
-    actix_web::rt::spawn(async move {
-        let actor = match token {
-            Some(h) => match state.store.find_api_token_by_hash(&h).await {
-                Ok(Some(t)) if t.is_valid_at(chrono::Utc::now()) => t.name,
-                _ => "anonymous".to_owned(),
-            },
-            None => "anonymous".to_owned(),
-        };
-        let caller = super::Caller {
-            token_id: 0,
-            name: actor,
-            role: crate::token::Role::Viewer,
-        };
-        super::audit::audit(
-            &state,
-            &caller,
-            &action,
-            &action,
-            &outcome,
-            serde_json::Value::Null,
-        )
-        .await;
-    });
 }
 
 /// Bad query strings: 400 naming the parameter where serde does.
@@ -316,14 +280,16 @@ pub fn shape_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandle
         StatusCode::NOT_FOUND => {
             ApiError::not_found(format!("route {}", res.request().path()), None)
         }
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::BadRequest {
-            code: "method_not_allowed",
-            message: format!(
-                "{} is not allowed on {}",
-                res.request().method(),
-                res.request().path()
-            ),
-            field: None,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed {
+            method: res.request().method().to_string(),
+            path: res.request().path().to_owned(),
+            allow: res
+                .response()
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
         },
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
             limit_bytes: super::limits::BODY_LIMIT_BYTES,

@@ -7,6 +7,7 @@
 //!   buckets go first, then the least recently used.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -40,14 +41,27 @@ struct Bucket {
     at: Instant,
 }
 
-/// Token buckets keyed by API token id.
+/// Token buckets keyed by API token id (or, for unauthenticated calls, by peer address).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = u64> {
     cfg: RateLimit,
-    buckets: Mutex<HashMap<u64, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
+impl RateLimit {
+    /// The budget of unauthenticated calls per peer address: a tenth of a token's (at least
+    /// 5/s, burst 20), so a client without a valid token cannot flood the store with lookups
+    /// and refusals.
+    pub fn for_peers(self) -> Self {
+        Self {
+            rate_per_s: (self.rate_per_s / 10.0).max(5.0),
+            burst: (self.burst / 10).max(20),
+            max_tokens: self.max_tokens,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Copy> RateLimiter<K> {
     pub fn new(cfg: RateLimit) -> Self {
         let cfg = RateLimit {
             rate_per_s: if cfg.rate_per_s.is_finite() && cfg.rate_per_s > 0.0 {
@@ -69,7 +83,7 @@ impl RateLimiter {
     }
 
     /// Takes one request from the token's bucket; `Err(seconds)` to wait when empty.
-    pub fn check(&self, token_id: u64, now: Instant) -> Result<(), u64> {
+    pub fn check(&self, token_id: K, now: Instant) -> Result<(), u64> {
         let burst = f64::from(self.cfg.burst);
         let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if !map.contains_key(&token_id) && map.len() >= self.cfg.max_tokens {
@@ -92,7 +106,24 @@ impl RateLimiter {
         }
     }
 
-    fn evict(&self, map: &mut HashMap<u64, Bucket>, now: Instant) {
+    /// Whether `key` has a request left, without taking it.
+    pub fn peek(&self, key: K, now: Instant) -> Result<(), u64> {
+        let burst = f64::from(self.cfg.burst);
+        let map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(b) = map.get(&key) else {
+            return Ok(());
+        };
+        let level = (b.level
+            + now.saturating_duration_since(b.at).as_secs_f64() * self.cfg.rate_per_s)
+            .min(burst);
+        if level >= 1.0 {
+            Ok(())
+        } else {
+            Err((((1.0 - level) / self.cfg.rate_per_s).ceil() as u64).max(1))
+        }
+    }
+
+    fn evict(&self, map: &mut HashMap<K, Bucket>, now: Instant) {
         let burst = f64::from(self.cfg.burst);
         let rate = self.cfg.rate_per_s;
         map.retain(|_, b| {

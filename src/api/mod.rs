@@ -6,8 +6,11 @@
 //!
 //! Invariants:
 //! - Every answer that is an error has the shape of [`error::ErrorBody`]; bad input is 4xx.
-//! - Every non-public route takes an [`auth::Caller`]; every state-changing handler calls
-//!   [`auth::Caller::authorize`] first and [`audit::audit`] with its outcome.
+//! - [`gate`] runs before routing: the role matrix of [`roles`] (404/405), authentication,
+//!   rate limits and roles (401/429/403), all before a byte of the body is read. Every
+//!   non-public route takes an [`auth::Caller`]; bodies come through [`body::Body`] (strict:
+//!   413/415/400 before the handler runs); every state-changing handler calls
+//!   [`audit::audit`] with its outcome.
 //! - Nothing here serialises a market credential: the venue API key lives only in
 //!   `RunOptions`/`AdapterConfig`, neither of which is reachable from [`ApiState`].
 //!
@@ -19,15 +22,18 @@
 
 pub mod audit;
 pub mod auth;
+pub mod body;
 pub mod catalog;
 pub mod dashboard;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod limits;
 pub mod observe;
 pub mod openapi;
 pub mod page;
 pub mod records;
+pub mod roles;
 pub mod settlement;
 pub mod strategies;
 pub mod stream;
@@ -96,6 +102,12 @@ pub struct ApiState {
     /// Live feed; producers `send` (never blocks), the WebSocket subscribes.
     pub stream: broadcast::Sender<StreamEvent>,
     pub limiter: Arc<limits::RateLimiter>,
+    /// Budgets of unauthenticated calls per peer address.
+    pub peers: Arc<limits::RateLimiter<std::net::IpAddr>>,
+    /// Counted, bounded audit of refusals.
+    pub refusals: Arc<gate::RefusalLog>,
+    /// Open WebSocket feeds, closed when their token is revoked or expires.
+    pub sessions: Arc<stream::Sessions>,
     /// Recently verified tokens (short TTL), so a request does not always query the store.
     pub tokens: Arc<auth::TokenCache>,
 }
@@ -116,6 +128,12 @@ impl ApiState {
             park,
             stream,
             limiter: Arc::new(limits::RateLimiter::new(rate)),
+            peers: Arc::new(limits::RateLimiter::new(rate.for_peers())),
+            refusals: Arc::new(gate::RefusalLog::new(
+                gate::REFUSAL_WINDOW,
+                gate::MAX_REFUSAL_KEYS,
+            )),
+            sessions: Arc::new(stream::Sessions::default()),
             tokens: Arc::new(auth::TokenCache::new(
                 auth::TOKEN_CACHE_TTL,
                 auth::TOKEN_CACHE_MAX,
@@ -174,7 +192,7 @@ pub fn app(
         actix_web::dev::ServiceRequest,
         Config = (),
         Response = actix_web::dev::ServiceResponse<
-            actix_web::body::EitherBody<actix_web::body::BoxBody>,
+            actix_web::body::EitherBody<actix_web::body::EitherBody<actix_web::body::BoxBody>>,
         >,
         Error = actix_web::Error,
         InitError = (),
@@ -185,6 +203,7 @@ pub fn app(
         .configure(extractor_config)
         .configure(configure)
         .default_service(web::to(not_found))
+        .wrap(actix_web::middleware::from_fn(gate::gate))
         .wrap(ErrorHandlers::new().default_handler(error::shape_errors))
 }
 
@@ -201,6 +220,7 @@ pub async fn serve(
     state: ApiState,
     listen: SocketAddr,
 ) -> Result<(ServerHandle, SocketAddr), ApiError> {
+    let flusher = state.clone();
     let server = HttpServer::new(move || app(state.clone()))
         .workers(2)
         .backlog(1_024)
@@ -219,6 +239,14 @@ pub async fn serve(
     actix_web::rt::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "operator API server stopped with an error");
+        }
+    });
+    // Refusal summaries are written when their window ends, even if no refusal follows.
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(gate::REFUSAL_WINDOW / 2);
+        loop {
+            tick.tick().await;
+            gate::flush_refusals(&flusher).await;
         }
     });
     tracing::info!(url = %format!("http://{bound}/api/v1"), "operator API listening");

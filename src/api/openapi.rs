@@ -27,6 +27,8 @@ use utoipa::{Modify, OpenApi};
         engine::kill_switches,
         engine::engage,
         engine::release,
+        engine::get_default_limits,
+        engine::put_default_limits,
         engine::get_limits,
         engine::put_limits,
         engine::connections,
@@ -48,6 +50,7 @@ use utoipa::{Modify, OpenApi};
         super::catalog::resources_geojson,
         super::catalog::get_resource,
         super::catalog::update_resource,
+        super::catalog::replace_resource,
         super::catalog::retire_resource,
         super::catalog::list_aggregations,
         super::catalog::create_aggregation,
@@ -98,6 +101,8 @@ use utoipa::{Modify, OpenApi};
         super::observe::health,
         super::observe::latency,
         super::dashboard::index,
+        super::dashboard::index_html,
+        document,
         super::dashboard::js,
         super::dashboard::css,
         super::dashboard::session,
@@ -122,7 +127,7 @@ use utoipa::{Modify, OpenApi};
         engine::KillRequest,
         engine::SubscribeRequest,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     tags(
         (name = "engine", description = "Live engine: start/stop, live orders and positions"),
         (name = "risk", description = "Exposure, limits, kill switches"),
@@ -151,11 +156,78 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Documents on every operation the errors the gate and the extractors can answer, in the
+/// one error shape: 400 (bad query, path or body), 404, 422 (invalid input), and where a
+/// token is needed 401, 403, 409, 429 and 503; where a body is taken 413 and 415. An operation's own documented answers for
+/// the same codes are kept.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ];
+            for op in ops.into_iter().flatten() {
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let has_body = op.request_body.is_some();
+                let mut codes = vec![
+                    ("400", "bad query, path or body (`field` names it)"),
+                    ("404", "unknown route or object (`field` names the input)"),
+                    ("422", "well-formed but invalid input (`field` names it)"),
+                ];
+                if secured {
+                    codes.extend([
+                        ("401", "no, unknown, revoked or expired token"),
+                        ("403", "the token's role is too low for this operation"),
+                        ("429", "rate limited (the token's, or the peer's without a valid token); see Retry-After"),
+                        ("503", "the store or the live engine cannot answer now"),
+                    ]);
+                }
+                if secured {
+                    codes.push(("409", "the current state does not allow it"));
+                }
+                if has_body {
+                    codes.extend([
+                        ("413", "body above 64 KiB"),
+                        ("415", "a non-empty body that is not application/json"),
+                    ]);
+                }
+                for (code, what) in codes {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(what).into());
+                }
+            }
+        }
+    }
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/openapi.json", web::get().to(document));
 }
 
-async fn document() -> HttpResponse {
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "observe",
+    responses((status = 200, description = "the OpenAPI 3 document", body = Object)))]
+pub async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
 

@@ -3,6 +3,7 @@
 //! Invariants:
 //! - `limit` is 1..=[`MAX_LIMIT`] (default [`DEFAULT_LIMIT`]); anything else is a 400 naming
 //!   `limit`, never a silent clamp, so a client learns the bound.
+//! - `offset` is 0..=2^63-1 (the OpenAPI's int64); above it is a 400 naming `offset`.
 //! - `total` counts the matching items before paging.
 
 use super::error::ApiError;
@@ -40,10 +41,15 @@ impl PageParams {
                 field: Some("limit".into()),
             });
         }
-        Ok(PageReq {
-            limit,
-            offset: self.offset.unwrap_or(0),
-        })
+        let offset = self.offset.unwrap_or(0);
+        if offset > i64::MAX as u64 {
+            return Err(ApiError::BadRequest {
+                code: "bad_query",
+                message: format!("offset {offset} is above {} (int64)", i64::MAX),
+                field: Some("offset".into()),
+            });
+        }
+        Ok(PageReq { limit, offset })
     }
 }
 
@@ -127,6 +133,11 @@ mod tests {
             offset: None,
         };
         assert_eq!(bad.validate().unwrap_err().field(), Some("limit"));
+        let far = PageParams {
+            limit: None,
+            offset: Some(1 << 63),
+        };
+        assert_eq!(far.validate().unwrap_err().field(), Some("offset"));
         assert!(PageParams {
             limit: Some(0),
             offset: None

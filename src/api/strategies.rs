@@ -9,7 +9,8 @@
 //!   params, shadow}`. The head's `latest_version` is the version in force.
 //! - A configuration is stored only after `StrategyRegistry::create` accepted it; a refusal is
 //!   a 422 naming the parameter.
-//! - Writes need the trader role and are audited; reads need a viewer token.
+//! - Writes need the admin role (backtests: trader; the matrix in `roles.rs`) and are audited;
+//!   reads need a viewer token.
 //! - Backtests are bounded: at most [`MAX_BACKTEST_DAYS`] trading days, one run at a time (a
 //!   second gets 409), run off the async workers (`spawn_blocking`), and only the last
 //!   [`MAX_STORED_RUNS`] results are kept (in memory: a backtest is cheap to re-run and
@@ -18,6 +19,7 @@
 //!   manages the stored ones.
 
 use super::auth::Caller;
+use super::body::{Body, OptBody};
 use super::catalog::{audited, page_req};
 use super::error::ApiError;
 use super::page::Page;
@@ -369,50 +371,43 @@ pub struct NewStrategy {
     pub enabled: bool,
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies", tag = "strategies", responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies", tag = "strategies", request_body = NewStrategy, responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<NewStrategy>,
+    body: Body<NewStrategy>,
 ) -> Result<HttpResponse, ApiError> {
-    audited(
-        &state,
-        &caller,
-        Role::Trader,
-        "strategy.create",
-        "strategy",
-        async {
-            let b = body.into_inner();
-            check_name(&b.name)?;
-            let config = StrategyConfig {
-                aggregation_id: b.aggregation_id,
-                market_id: b.market_id,
-                params: b.params,
-                shadow: b.shadow,
-            };
-            let views = all_views(&state).await?;
-            if views.iter().any(|v| v.name == b.name) {
-                return Err(ApiError::Conflict(format!(
-                    "a strategy named {:?} exists already",
-                    b.name
-                )));
-            }
-            let id = StrategyId(views.iter().map(|v| v.id).max().unwrap_or(0) + 1);
-            check(&state, id, &b.name, &b.kind, &config)?;
-            check_aggregation(&state, config.aggregation_id).await?;
-            let head = StrategyRecord {
-                id,
-                name: b.name,
-                kind: b.kind,
-                enabled: b.enabled,
-                latest_version: 0,
-                updated_at: chrono::Utc::now(),
-            };
-            state.store.upsert_strategy(&head).await?;
-            let head = append_version(&state, &head, &config).await?;
-            Ok(HttpResponse::Created().json(view_of(&state, &head).await?))
-        },
-    )
+    audited(&state, &caller, "strategy.create", "strategy", async {
+        let b = body.into_inner();
+        check_name(&b.name)?;
+        let config = StrategyConfig {
+            aggregation_id: b.aggregation_id,
+            market_id: b.market_id,
+            params: b.params,
+            shadow: b.shadow,
+        };
+        let views = all_views(&state).await?;
+        if views.iter().any(|v| v.name == b.name) {
+            return Err(ApiError::Conflict(format!(
+                "a strategy named {:?} exists already",
+                b.name
+            )));
+        }
+        let id = StrategyId(views.iter().map(|v| v.id).max().unwrap_or(0) + 1);
+        check(&state, id, &b.name, &b.kind, &config)?;
+        check_aggregation(&state, config.aggregation_id).await?;
+        let head = StrategyRecord {
+            id,
+            name: b.name,
+            kind: b.kind,
+            enabled: b.enabled,
+            latest_version: 0,
+            updated_at: chrono::Utc::now(),
+        };
+        state.store.upsert_strategy(&head).await?;
+        let head = append_version(&state, &head, &config).await?;
+        Ok(HttpResponse::Created().json(view_of(&state, &head).await?))
+    })
     .await
 }
 
@@ -444,48 +439,41 @@ pub struct StrategyPatch {
     pub shadow: Option<bool>,
 }
 
-#[utoipa::path(put, path = "/api/v1/strategies/{id}", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/strategies/{id}", tag = "strategies", request_body = StrategyPatch, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<StrategyPatch>,
+    body: Body<StrategyPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let target = format!("strategy/{}", path.as_str());
-    audited(
-        &state,
-        &caller,
-        Role::Trader,
-        "strategy.update",
-        &target,
-        async {
-            let mut r = load(&state, &path).await?;
-            let p = body.into_inner();
-            let mut config = latest_config(&state, &r).await?;
-            if let Some(a) = p.aggregation_id {
-                check_aggregation(&state, a).await?;
-                config.aggregation_id = a;
-            }
-            if let Some(m) = p.market_id {
-                config.market_id = m;
-            }
-            if let Some(params) = p.params {
-                config.params = params;
-            }
-            if let Some(s) = p.shadow {
-                config.shadow = s;
-            }
-            if let Some(n) = p.name {
-                check_name(&n)?;
-                r.name = n;
-            }
-            check(&state, r.id, &r.name, &r.kind, &config)?;
-            r.updated_at = chrono::Utc::now();
-            state.store.upsert_strategy(&r).await?;
-            let head = append_version(&state, &r, &config).await?;
-            Ok(HttpResponse::Ok().json(view_of(&state, &head).await?))
-        },
-    )
+    audited(&state, &caller, "strategy.update", &target, async {
+        let mut r = load(&state, &path).await?;
+        let p = body.into_inner();
+        let mut config = latest_config(&state, &r).await?;
+        if let Some(a) = p.aggregation_id {
+            check_aggregation(&state, a).await?;
+            config.aggregation_id = a;
+        }
+        if let Some(m) = p.market_id {
+            config.market_id = m;
+        }
+        if let Some(params) = p.params {
+            config.params = params;
+        }
+        if let Some(s) = p.shadow {
+            config.shadow = s;
+        }
+        if let Some(n) = p.name {
+            check_name(&n)?;
+            r.name = n;
+        }
+        check(&state, r.id, &r.name, &r.kind, &config)?;
+        r.updated_at = chrono::Utc::now();
+        state.store.upsert_strategy(&r).await?;
+        let head = append_version(&state, &r, &config).await?;
+        Ok(HttpResponse::Ok().json(view_of(&state, &head).await?))
+    })
     .await
 }
 
@@ -506,14 +494,14 @@ pub struct ActivateBody {
     pub version: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies/{id}/activate", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies/{id}/activate", tag = "strategies", request_body(content = Option<ActivateBody>), params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn activate(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: Option<web::Json<ActivateBody>>,
+    body: OptBody<ActivateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let version = body.and_then(|b| b.into_inner().version);
+    let version = body.into_inner().and_then(|b| b.version);
     set_enabled(state, caller, path, true, version).await
 }
 
@@ -539,7 +527,7 @@ async fn set_enabled(
         "strategy.deactivate"
     };
     let target = format!("strategy/{}", path.as_str());
-    audited(&state, &caller, Role::Trader, action, &target, async {
+    audited(&state, &caller, action, &target, async {
         let mut r = load(&state, &path).await?;
         if let Some(v) = version.filter(|v| *v != r.latest_version) {
             let old = state
@@ -575,31 +563,24 @@ pub struct ShadowBody {
     pub shadow: bool,
 }
 
-#[utoipa::path(put, path = "/api/v1/strategies/{id}/shadow", tag = "strategies", params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/strategies/{id}/shadow", tag = "strategies", request_body = ShadowBody, params(("id" = String, Path)), responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn set_shadow(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<ShadowBody>,
+    body: Body<ShadowBody>,
 ) -> Result<HttpResponse, ApiError> {
     let target = format!("strategy/{}", path.as_str());
-    audited(
-        &state,
-        &caller,
-        Role::Trader,
-        "strategy.shadow",
-        &target,
-        async {
-            let r = load(&state, &path).await?;
-            let mut config = latest_config(&state, &r).await?;
-            if config.shadow == body.shadow {
-                return Ok(HttpResponse::Ok().json(view_of(&state, &r).await?));
-            }
-            config.shadow = body.shadow;
-            let head = append_version(&state, &r, &config).await?;
-            Ok(HttpResponse::Ok().json(view_of(&state, &head).await?))
-        },
-    )
+    audited(&state, &caller, "strategy.shadow", &target, async {
+        let r = load(&state, &path).await?;
+        let mut config = latest_config(&state, &r).await?;
+        if config.shadow == body.shadow {
+            return Ok(HttpResponse::Ok().json(view_of(&state, &r).await?));
+        }
+        config.shadow = body.shadow;
+        let head = append_version(&state, &r, &config).await?;
+        Ok(HttpResponse::Ok().json(view_of(&state, &head).await?))
+    })
     .await
 }
 
@@ -649,11 +630,11 @@ pub struct ValidateBody {
     pub params: serde_json::Value,
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies/validate", tag = "strategies", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies/validate", tag = "strategies", request_body = ValidateBody, responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn validate(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<ValidateBody>,
+    body: Body<ValidateBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let b = body.into_inner();
@@ -913,111 +894,101 @@ fn run_blocking(
     serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-#[utoipa::path(post, path = "/api/v1/strategies/{id}/backtests", tag = "strategies", params(("id" = String, Path)), responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/strategies/{id}/backtests", tag = "strategies", request_body = BacktestBody, params(("id" = String, Path)), responses((status = 201, description = "created"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn run_backtest(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<BacktestBody>,
+    body: Body<BacktestBody>,
 ) -> Result<HttpResponse, ApiError> {
     let target = format!("strategy/{}", path.as_str());
-    audited(
-        &state,
-        &caller,
-        Role::Trader,
-        "strategy.backtest",
-        &target,
-        async {
-            let b = body.into_inner();
-            let days = (b.to - b.from).num_days() + 1;
-            if days < 1 {
-                return Err(ApiError::invalid(
-                    "to",
-                    format!("to {} is before from {}", b.to, b.from),
-                ));
-            }
-            if days > MAX_BACKTEST_DAYS {
-                return Err(ApiError::invalid(
-                    "to",
-                    format!("{days} days requested; a run may cover at most {MAX_BACKTEST_DAYS}"),
-                ));
-            }
-            let id = id_param(&path)?;
-            let (kind, name, version, config) = match state.store.get_strategy(id).await? {
-                Some(r) => {
-                    let v = b.version.unwrap_or(r.latest_version);
-                    let sv = state
-                        .store
-                        .get_strategy_version(id, v)
-                        .await?
-                        .ok_or_else(|| {
-                            ApiError::invalid(
-                                "version",
-                                format!("strategy {id} has no version {v}"),
-                            )
-                        })?;
-                    let config = config_of(&sv).ok_or_else(|| {
-                        ApiError::Internal(format!("strategy {id} version {v} is unreadable"))
+    audited(&state, &caller, "strategy.backtest", &target, async {
+        let b = body.into_inner();
+        let days = (b.to - b.from).num_days() + 1;
+        if days < 1 {
+            return Err(ApiError::invalid(
+                "to",
+                format!("to {} is before from {}", b.to, b.from),
+            ));
+        }
+        if days > MAX_BACKTEST_DAYS {
+            return Err(ApiError::invalid(
+                "to",
+                format!("{days} days requested; a run may cover at most {MAX_BACKTEST_DAYS}"),
+            ));
+        }
+        let id = id_param(&path)?;
+        let (kind, name, version, config) = match state.store.get_strategy(id).await? {
+            Some(r) => {
+                let v = b.version.unwrap_or(r.latest_version);
+                let sv = state
+                    .store
+                    .get_strategy_version(id, v)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::invalid("version", format!("strategy {id} has no version {v}"))
                     })?;
-                    (r.kind, r.name, v, config)
-                }
-                None => {
-                    let spec = state
-                        .park
-                        .strategies
-                        .iter()
-                        .find(|s| s.id == id)
-                        .ok_or_else(|| ApiError::not_found(format!("strategy {id}"), Some("id")))?;
-                    let v = config_view(spec);
-                    let config = v
-                        .config
-                        .ok_or_else(|| ApiError::Internal("no config".into()))?;
-                    (spec.kind.clone(), spec.name.clone(), 1, config)
-                }
-            };
-            let seed = b.seed.unwrap_or(42);
-            let cfg = BacktestConfig::new(b.from, b.to, seed);
-            cfg.validate()
-                .map_err(|e| ApiError::invalid("from", e.to_string()))?;
-            if runs()
-                .busy
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                return Err(ApiError::Conflict(
-                    "a backtest is already running; retry when it is done".into(),
-                ));
+                let config = config_of(&sv).ok_or_else(|| {
+                    ApiError::Internal(format!("strategy {id} version {v} is unreadable"))
+                })?;
+                (r.kind, r.name, v, config)
             }
-            let slot = Slot;
-            let started_at = chrono::Utc::now();
-            let t0 = std::time::Instant::now();
-            let report = web::block(move || {
-                let _slot = slot;
-                run_blocking(&kind, &name, &config, &cfg)
-            })
-            .await
-            .map_err(|e| ApiError::Internal(format!("backtest worker: {e}")))??;
-            let run = Arc::new(BacktestRun {
-                id: runs().next_id.fetch_add(1, Ordering::Relaxed),
-                strategy_id: id.0,
-                strategy_version: version,
-                from: b.from,
-                to: b.to,
-                seed,
-                started_at,
-                elapsed_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
-                report,
-            });
-            {
-                let mut done = runs().done.lock().unwrap_or_else(PoisonError::into_inner);
-                if done.len() >= MAX_STORED_RUNS {
-                    done.pop_front();
-                }
-                done.push_back(Arc::clone(&run));
+            None => {
+                let spec = state
+                    .park
+                    .strategies
+                    .iter()
+                    .find(|s| s.id == id)
+                    .ok_or_else(|| ApiError::not_found(format!("strategy {id}"), Some("id")))?;
+                let v = config_view(spec);
+                let config = v
+                    .config
+                    .ok_or_else(|| ApiError::Internal("no config".into()))?;
+                (spec.kind.clone(), spec.name.clone(), 1, config)
             }
-            Ok(HttpResponse::Created().json(&*run))
-        },
-    )
+        };
+        let seed = b.seed.unwrap_or(42);
+        let cfg = BacktestConfig::new(b.from, b.to, seed);
+        cfg.validate()
+            .map_err(|e| ApiError::invalid("from", e.to_string()))?;
+        if runs()
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(ApiError::Conflict(
+                "a backtest is already running; retry when it is done".into(),
+            ));
+        }
+        let slot = Slot;
+        let started_at = chrono::Utc::now();
+        let t0 = std::time::Instant::now();
+        let report = web::block(move || {
+            let _slot = slot;
+            run_blocking(&kind, &name, &config, &cfg)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("backtest worker: {e}")))??;
+        let run = Arc::new(BacktestRun {
+            id: runs().next_id.fetch_add(1, Ordering::Relaxed),
+            strategy_id: id.0,
+            strategy_version: version,
+            from: b.from,
+            to: b.to,
+            seed,
+            started_at,
+            elapsed_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+            report,
+        });
+        {
+            let mut done = runs().done.lock().unwrap_or_else(PoisonError::into_inner);
+            if done.len() >= MAX_STORED_RUNS {
+                done.pop_front();
+            }
+            done.push_back(Arc::clone(&run));
+        }
+        Ok(HttpResponse::Created().json(&*run))
+    })
     .await
 }
 

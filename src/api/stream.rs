@@ -6,9 +6,11 @@
 //! client fell behind and lost the `n` oldest events.
 //!
 //! Invariants:
-//! - Authentication: `Authorization: Bearer <token>` or `?token=<token>` (browsers cannot set
-//!   headers on a WebSocket); a viewer token suffices. A missing or bad token is a 401 in the
-//!   API's error shape before the upgrade.
+//! - Authentication (by the gate): `Authorization: Bearer <token>` or `?token=<token>`
+//!   (browsers cannot set headers on a WebSocket); a viewer token suffices. A missing or bad
+//!   token is a 401 in the API's error shape before the upgrade. A feed whose token is revoked
+//!   or expires is closed (close code 1008) within [`SESSION_CHECK`] and one store read: one
+//!   watcher task reads the tokens for all open feeds. At most [`MAX_STREAMS`] feeds.
 //! - Memory per client is bounded: the shared broadcast ring (`STREAM_CAPACITY` events) and
 //!   the session's bounded outgoing channel. A slow client is never buffered for without
 //!   bound: when it falls behind the ring it skips to the newest events and is told how many
@@ -19,16 +21,16 @@
 //!   position events are state, so a later one supersedes an earlier one). It only reads the
 //!   ledger and the risk engine under their locks, copying out, never awaiting under a lock.
 
+use super::auth::Caller;
 use super::catalog::CapacityView;
 use super::error::ApiError;
 use super::{ApiState, StreamEvent};
-use crate::token::Role;
 use actix_web::{web, HttpRequest, HttpResponse};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use vpp_engine::ids::{AggregationId, ClientOrderId};
 use vpp_engine::position::{Position, PositionKey};
 
@@ -74,80 +76,133 @@ pub(crate) fn live_capacity(state: &ApiState, id: AggregationId) -> Option<Capac
     })
 }
 
-/// The token from the header or `?token=`.
-fn token_of(req: &HttpRequest) -> Result<String, ApiError> {
-    let from_header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned());
-    let from_query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.get("token").cloned());
-    let token = from_header
-        .or(from_query)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::Unauthorized(
-                "missing token: send Authorization: Bearer <token> or ?token=<token>".into(),
-            )
-        })?;
-    if token.len() > 256 {
-        return Err(ApiError::Unauthorized("token is too long".into()));
-    }
-    Ok(token)
+/// Most WebSocket feeds open at once (another is refused with 503).
+pub const MAX_STREAMS: usize = 256;
+/// How often the open feeds' tokens are checked against the store: a revoked or expired
+/// token's feeds close within this (plus one store read).
+pub const SESSION_CHECK: Duration = Duration::from_millis(250);
+
+/// The open feeds and their tokens; one watcher task checks the tokens while any is open.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next_id: std::sync::atomic::AtomicU64,
+    open: Mutex<HashMap<u64, (String, watch::Sender<bool>)>>,
+    watching: std::sync::atomic::AtomicBool,
 }
 
-/// Same checks as the API's `Caller` extractor (unknown, revoked, expired, role).
-async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<String, ApiError> {
-    let token = token_of(req)?;
-    let row = state
-        .store
-        .find_api_token_by_hash(&crate::token::hash(&token))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
-    if row.revoked_at.is_some() {
-        return Err(ApiError::Unauthorized(format!(
-            "token {:?} is revoked",
-            row.name
-        )));
+impl Sessions {
+    /// Registers a feed of the token `hash`; the receiver turns `true` when it must close.
+    fn open(&self, hash: &str) -> Result<(u64, watch::Receiver<bool>), ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.len() >= MAX_STREAMS {
+            return Err(ApiError::Unavailable(format!(
+                "{MAX_STREAMS} live feeds are open; retry later"
+            )));
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        open.insert(id, (hash.to_owned(), tx));
+        Ok((id, rx))
     }
-    if !row.is_valid_at(chrono::Utc::now()) {
-        return Err(ApiError::Unauthorized(format!(
-            "token {:?} has expired",
-            row.name
-        )));
+
+    fn close(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
-    let role: Role = row
-        .role
-        .parse()
-        .map_err(|_| ApiError::Unauthorized("token has an unknown role".into()))?;
-    if role < Role::Viewer {
-        return Err(ApiError::Forbidden(
-            "the stream needs a viewer token".into(),
-        ));
+
+    pub fn count(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
-    Ok(row.name)
+
+    /// Signals every feed whose token is not in `valid` (hashes of valid tokens).
+    fn close_invalid(&self, valid: &std::collections::HashSet<String>) -> usize {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut closed = 0;
+        for (hash, tx) in open.values() {
+            if !valid.contains(hash) && !*tx.borrow() {
+                let _ = tx.send(true);
+                closed += 1;
+            }
+        }
+        closed
+    }
 }
 
-#[utoipa::path(get, path = "/api/v1/stream", tag = "stream", responses((status = 200, description = "success"), (status = "4XX", description = "bad input, refused or not found", body = super::error::ErrorBody)), security(("bearer" = [])))]
+/// Starts the session watcher unless it runs; it ends when no feed is open.
+fn ensure_watcher(state: &ApiState) {
+    use std::sync::atomic::Ordering;
+    if state.sessions.watching.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let state = state.clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(SESSION_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if state.sessions.count() == 0 {
+                state.sessions.watching.store(false, Ordering::Release);
+                // A feed opened meanwhile restarts a watcher if this one has let go.
+                if state.sessions.count() == 0
+                    || state.sessions.watching.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+            let Ok(tokens) = state.store.list_api_tokens().await else {
+                continue;
+            };
+            let now = chrono::Utc::now();
+            let valid: std::collections::HashSet<String> = tokens
+                .into_iter()
+                .filter(|t| t.revoked_at.is_none() && t.is_valid_at(now))
+                .map(|t| t.token_hash)
+                .collect();
+            let closed = state.sessions.close_invalid(&valid);
+            if closed > 0 {
+                tracing::info!(
+                    closed,
+                    "live feeds closed: their token was revoked or expired"
+                );
+            }
+        }
+    });
+}
+
+#[utoipa::path(get, path = "/api/v1/stream", tag = "stream",
+    params(("token" = Option<String>, Query, description = "the token, where a header cannot be set")),
+    responses((status = 101, description = "switching to the WebSocket feed"),
+        (status = 400, description = "not a WebSocket upgrade", body = super::error::ErrorBody),
+        (status = 401, description = "no, unknown, revoked or expired token", body = super::error::ErrorBody),
+        (status = 429, description = "rate limited", body = super::error::ErrorBody),
+        (status = 503, description = "too many feeds open", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn stream(
     state: web::Data<ApiState>,
+    caller: Caller,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let who = authenticate(&state, &req).await?;
     let (response, session, msgs) = actix_ws::handle(&req, body)?;
+    let (id, closing) = state.sessions.open(&caller.token_hash)?;
+    ensure_watcher(&state);
     ensure_publisher(&state);
     // Subscribe before the initial snapshot so nothing published meanwhile is missed.
     let rx = state.stream.subscribe();
     let initial = initial_events(&state).await;
-    tracing::debug!(token = %who, "stream client connected");
-    actix_web::rt::spawn(client_loop(session, msgs, rx, initial));
+    tracing::debug!(token = %caller.name, "stream client connected");
+    let sessions = std::sync::Arc::clone(&state.sessions);
+    actix_web::rt::spawn(async move {
+        client_loop(session, msgs, rx, initial, closing).await;
+        sessions.close(id);
+    });
     Ok(response)
 }
 
@@ -167,6 +222,7 @@ async fn client_loop(
     mut msgs: actix_ws::MessageStream,
     mut rx: broadcast::Receiver<StreamEvent>,
     initial: Vec<StreamEvent>,
+    mut closing: watch::Receiver<bool>,
 ) {
     for e in &initial {
         if !send(&mut session, encode(e)).await {
@@ -175,6 +231,14 @@ async fn client_loop(
     }
     loop {
         tokio::select! {
+            _ = closing.changed() => {
+                let reason = actix_ws::CloseReason {
+                    code: actix_ws::CloseCode::Policy,
+                    description: Some("token revoked or expired".into()),
+                };
+                let _ = session.close(Some(reason)).await;
+                return;
+            }
             incoming = msgs.recv() => match incoming {
                 Some(Ok(actix_ws::Message::Ping(bytes))) => {
                     if session.pong(&bytes).await.is_err() {
