@@ -493,9 +493,10 @@ async fn limits_change_at_run_time_through_the_actor_and_every_change_is_audited
     };
     assert_eq!(limits, RiskLimits::default());
 
-    // An invalid change is refused with the field named, and audited as failed.
+    // An invalid change (a negative limit; zero would mean "none allowed") is refused with the
+    // field named, and audited as failed.
     let bad = RiskLimits {
-        max_order_mw: Decimal::ZERO,
+        max_order_mw: Decimal::NEGATIVE_ONE,
         ..limits.clone()
     };
     let err = h
