@@ -23,6 +23,7 @@ mod journal;
 mod markets;
 mod orders;
 mod records;
+mod seeds;
 mod sql;
 mod store;
 

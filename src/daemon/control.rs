@@ -84,6 +84,8 @@ pub struct EngineHandle {
     manual_seq: AtomicU64,
     /// The shadow strategies' paper venues (empty without shadow strategies).
     shadows: super::shadow::Shadows,
+    /// Starts and stops strategy actors when the store changes (none in unit tests).
+    lifecycle: Option<super::lifecycle::LifecycleHandle>,
 }
 
 /// `GET /engine`.
@@ -112,7 +114,10 @@ pub struct StrategyStatus {
     pub kind: String,
     pub aggregation_id: u64,
     pub market_id: u64,
+    /// True while an actor runs for it (the store's `enabled`, applied).
     pub enabled: bool,
+    /// The version in force (its client order ids carry it: `s<id>v<version>b<boot>-<n>`).
+    pub version: Option<u32>,
     pub kill_switch_engaged: bool,
     pub open_orders: usize,
 }
@@ -296,10 +301,38 @@ impl EngineHandle {
             venue_url: redact_url(venue_url),
             manual_seq: AtomicU64::new(0),
             shadows: Vec::new(),
+            lifecycle: None,
         }
     }
 
     /// The shadow strategies' paper venues, for [`EngineHandle::shadow_report`].
+    pub fn with_lifecycle(mut self, lifecycle: super::lifecycle::LifecycleHandle) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
+
+    /// Makes the running daemon follow the store for strategy `id` (its head and version in
+    /// force): stops, starts or restarts its actor. Returns what was done.
+    pub async fn strategy_changed(
+        &self,
+        store: &vpp_persistence::Store,
+        id: StrategyId,
+    ) -> Result<String, ControlError> {
+        let Some(lifecycle) = &self.lifecycle else {
+            return Ok("no engine".into());
+        };
+        let target = super::catalog::stored_spec(store, &self.park, id)
+            .await
+            .map_err(|e| ControlError::Invalid {
+                field: "strategy",
+                message: e.to_string(),
+            })?;
+        lifecycle
+            .apply(id, target)
+            .await
+            .map_err(ControlError::Unavailable)
+    }
+
     pub fn with_shadows(mut self, shadows: super::shadow::Shadows) -> Self {
         self.shadows = shadows;
         self
@@ -403,6 +436,26 @@ impl EngineHandle {
         }
     }
 
+    /// The strategies the daemon knows and whether an actor runs each: the live table when
+    /// the lifecycle runs, else the park's list.
+    fn strategy_table(&self) -> Vec<(crate::config::StrategySpec, bool, Option<u32>)> {
+        match &self.lifecycle {
+            Some(l) => l
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .map(|s| (s.spec.clone(), s.running, Some(s.version)))
+                .collect(),
+            None => self
+                .park
+                .strategies
+                .iter()
+                .map(|s| (s.clone(), s.enabled, None))
+                .collect(),
+        }
+    }
+
     pub fn status(&self) -> EngineStatus {
         let (open, orders, positions, open_by_strategy) = {
             let l = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
@@ -440,16 +493,16 @@ impl EngineHandle {
             orders,
             positions,
             strategies: self
-                .park
-                .strategies
+                .strategy_table()
                 .iter()
-                .map(|s| StrategyStatus {
+                .map(|(s, running, version)| StrategyStatus {
                     id: s.id.0,
                     name: s.name.clone(),
                     kind: s.kind.clone(),
                     aggregation_id: s.aggregation_id.0,
                     market_id: s.market_id.0,
-                    enabled: s.enabled,
+                    enabled: *running,
+                    version: *version,
                     kill_switch_engaged: engaged.contains(&s.id),
                     open_orders: open_by_strategy.get(&s.id).copied().unwrap_or(0),
                 })
