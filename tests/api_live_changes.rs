@@ -145,7 +145,12 @@ impl Setup {
     }
 }
 
-fn wait_new_orders(a: &str, token: &str, known: &BTreeSet<String>, what: &str) -> Vec<(String, String)> {
+fn wait_new_orders(
+    a: &str,
+    token: &str,
+    known: &BTreeSet<String>,
+    what: &str,
+) -> Vec<(String, String)> {
     wait_for(60, what, || {
         let fresh: Vec<_> = flow_orders(a, token, false)
             .into_iter()
@@ -175,7 +180,12 @@ fn strategy_changes_reach_the_running_engine_and_survive_a_restart() {
     });
 
     // 1. Deactivate: stopped in the engine at once, its orders cancelled, no new ones.
-    let r = post(a, &format!("/api/v1/strategies/{id}/deactivate"), &admin, "{}");
+    let r = post(
+        a,
+        &format!("/api/v1/strategies/{id}/deactivate"),
+        &admin,
+        "{}",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["enabled"], false);
     assert_eq!(engine_row(a, &admin)["enabled"], false);
@@ -193,14 +203,28 @@ fn strategy_changes_reach_the_running_engine_and_survive_a_restart() {
     // A stopped strategy sends nothing, however much market data goes by (2 s ≈ 10 simulated
     // minutes at this speed; it sent an order every few seconds of simulated time before).
     std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(ids(&flow_orders(a, &admin, false)), after_stop, "orders after deactivate");
+    assert_eq!(
+        ids(&flow_orders(a, &admin, false)),
+        after_stop,
+        "orders after deactivate"
+    );
 
     // 2. Activate: it trades again.
-    let r = post(a, &format!("/api/v1/strategies/{id}/activate"), &admin, "{}");
+    let r = post(
+        a,
+        &format!("/api/v1/strategies/{id}/activate"),
+        &admin,
+        "{}",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(engine_row(a, &admin)["enabled"], true);
     let fresh = wait_new_orders(a, &admin, &after_stop, "orders after activate");
-    assert!(fresh.iter().all(|(oid, _)| oid.starts_with(&format!("s{id}v{v1}b"))), "{fresh:?}");
+    assert!(
+        fresh
+            .iter()
+            .all(|(oid, _)| oid.starts_with(&format!("s{id}v{v1}b"))),
+        "{fresh:?}"
+    );
 
     // 3. A parameter change restarts it on the new version.
     let r = call(
@@ -249,14 +273,25 @@ fn strategy_changes_reach_the_running_engine_and_survive_a_restart() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let v4 = r.json()["version"].as_u64().unwrap();
-    let r = post(a, &format!("/api/v1/strategies/{id}/deactivate"), &admin, "{}");
+    let r = post(
+        a,
+        &format!("/api/v1/strategies/{id}/deactivate"),
+        &admin,
+        "{}",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     drop(d);
     let d = s.boot();
     let a = d.addr.as_str();
     let row = engine_row(a, &admin);
-    assert_eq!(row["enabled"], false, "the file must not re-enable it: {row}");
-    assert_eq!(row["version"], v4, "the file must not overwrite the API's version: {row}");
+    assert_eq!(
+        row["enabled"], false,
+        "the file must not re-enable it: {row}"
+    );
+    assert_eq!(
+        row["version"], v4,
+        "the file must not overwrite the API's version: {row}"
+    );
     let r = get(a, &format!("/api/v1/strategies/{id}"), &admin).json();
     assert_eq!(r["config"]["params"]["quantity_mw"], 0.2, "{r}");
     drop(d);

@@ -22,9 +22,9 @@
 use crate::config::{Park, StrategySpec};
 use std::collections::HashMap;
 use vpp_engine::ids::StrategyId;
-use vpp_persistence::{StrategyRecord, StrategyVersion};
 use vpp_engine::template::TemplateVersion;
 use vpp_persistence::{Store, StoreError};
+use vpp_persistence::{StrategyRecord, StrategyVersion};
 
 /// What a catalog sync wrote and what it left alone.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -130,18 +130,29 @@ pub struct StrategyBoot {
 
 /// `a.b: x → y` for every leaf that differs (missing leaves show as `-`).
 pub fn json_diff(before: &serde_json::Value, after: &serde_json::Value) -> Vec<String> {
-    fn walk(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<String>) {
+    fn walk(
+        path: &str,
+        a: Option<&serde_json::Value>,
+        b: Option<&serde_json::Value>,
+        out: &mut Vec<String>,
+    ) {
         match (a, b) {
             (Some(serde_json::Value::Object(x)), Some(serde_json::Value::Object(y))) => {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     walk(&p, x.get(k), y.get(k), out);
                 }
             }
             (a, b) if a == b => {}
             (a, b) => {
-                let show = |v: Option<&serde_json::Value>| v.map_or_else(|| "-".to_owned(), ToString::to_string);
+                let show = |v: Option<&serde_json::Value>| {
+                    v.map_or_else(|| "-".to_owned(), ToString::to_string)
+                };
                 out.push(format!("{path}: {} → {}", show(a), show(b)));
             }
         }
@@ -151,11 +162,7 @@ pub fn json_diff(before: &serde_json::Value, after: &serde_json::Value) -> Vec<S
     out
 }
 
-fn spec_of(
-    park: &Park,
-    r: &StrategyRecord,
-    v: &StrategyVersion,
-) -> Result<StrategySpec, String> {
+fn spec_of(park: &Park, r: &StrategyRecord, v: &StrategyVersion) -> Result<StrategySpec, String> {
     #[derive(serde::Deserialize)]
     struct Cfg {
         aggregation_id: u64,
@@ -174,7 +181,10 @@ fn spec_of(
         .aggregation_state(vpp_engine::ids::AggregationId(c.aggregation_id))
         .is_none()
     {
-        return Err(format!("aggregation {} is not in this park", c.aggregation_id));
+        return Err(format!(
+            "aggregation {} is not in this park",
+            c.aggregation_id
+        ));
     }
     Ok(StrategySpec {
         id: r.id,
@@ -252,7 +262,9 @@ pub async fn sync_strategies(store: &Store, park: &Park) -> Result<StrategyBoot,
                     created_at: now,
                 })
                 .await?;
-            store.put_config_seed(STRATEGY_SEED, &spec.name, &def).await?;
+            store
+                .put_config_seed(STRATEGY_SEED, &spec.name, &def)
+                .await?;
             out.report.push(format!(
                 "strategy {}: from the file (new, v{version}, {})",
                 spec.name,
@@ -277,9 +289,10 @@ pub async fn sync_strategies(store: &Store, park: &Park) -> Result<StrategyBoot,
             .map(|v| v.config);
         let mut changes = Vec::new();
         if in_force.as_ref() != Some(&config) {
-            let diff = in_force
-                .as_ref()
-                .map_or_else(|| vec!["(no version in force)".to_owned()], |c| json_diff(c, &config));
+            let diff = in_force.as_ref().map_or_else(
+                || vec!["(no version in force)".to_owned()],
+                |c| json_diff(c, &config),
+            );
             let version = r.latest_version + 1;
             store
                 .insert_strategy_version(&StrategyVersion {
@@ -291,10 +304,17 @@ pub async fn sync_strategies(store: &Store, park: &Park) -> Result<StrategyBoot,
                 .await?;
             tracing::warn!(strategy = %r.name, from = r.latest_version, to = version,
                 diff = %diff.join("; "), "the config file changed this strategy: new version");
-            changes.push(format!("v{} → v{version} ({})", r.latest_version, diff.join("; ")));
+            changes.push(format!(
+                "v{} → v{version} ({})",
+                r.latest_version,
+                diff.join("; ")
+            ));
             head.latest_version = version;
         }
-        let seeded_enabled = seed.as_ref().and_then(|s| s.get("enabled")).and_then(serde_json::Value::as_bool);
+        let seeded_enabled = seed
+            .as_ref()
+            .and_then(|s| s.get("enabled"))
+            .and_then(serde_json::Value::as_bool);
         if seeded_enabled != Some(spec.enabled) && r.enabled != spec.enabled {
             tracing::warn!(strategy = %r.name, enabled = spec.enabled,
                 "the config file changed `enabled`; it overrides the stored flag");
@@ -307,7 +327,9 @@ pub async fn sync_strategies(store: &Store, park: &Park) -> Result<StrategyBoot,
         }
         head.updated_at = now;
         store.upsert_strategy(&head).await?;
-        store.put_config_seed(STRATEGY_SEED, &spec.name, &def).await?;
+        store
+            .put_config_seed(STRATEGY_SEED, &spec.name, &def)
+            .await?;
         out.report.push(if changes.is_empty() {
             format!(
                 "strategy {}: from the store (v{}, {}; the file agrees)",
@@ -316,7 +338,11 @@ pub async fn sync_strategies(store: &Store, park: &Park) -> Result<StrategyBoot,
                 if head.enabled { "enabled" } else { "disabled" }
             )
         } else {
-            format!("strategy {}: from the file, which changed it: {}", r.name, changes.join(", "))
+            format!(
+                "strategy {}: from the file, which changed it: {}",
+                r.name,
+                changes.join(", ")
+            )
         });
     }
     for r in store.list_strategies().await? {
@@ -338,7 +364,10 @@ pub async fn sync_strategies(store: &Store, park: &Park) -> Result<StrategyBoot,
             }
             Err(e) => {
                 tracing::warn!(strategy = %r.name, error = %e, "stored strategy not run");
-                out.report.push(format!("strategy {}: in the store but not run: {e}", r.name));
+                out.report.push(format!(
+                    "strategy {}: in the store but not run: {e}",
+                    r.name
+                ));
             }
         }
     }
@@ -398,5 +427,90 @@ mod tests {
             .expect("get")
             .expect("stored");
         assert_eq!(stored.name, other.name);
+    }
+
+    #[tokio::test]
+    async fn the_file_seeds_strategies_once_and_only_its_own_changes_upgrade_them() {
+        let park = Park::demo().expect("demo park");
+        let (_dir, store) = temp_store().await;
+        let first = sync_strategies(&store, &park).await.expect("first sync");
+        assert_eq!(first.specs.len(), park.strategies.len());
+        assert!(
+            first
+                .report
+                .iter()
+                .all(|l| l.contains("from the file (new")),
+            "{:?}",
+            first.report
+        );
+
+        // A change through the API: disabled, parameters changed (a new version in force).
+        let spec = &park.strategies[0];
+        let mut head = store.get_strategy(spec.id).await.unwrap().unwrap();
+        head.enabled = false;
+        store.upsert_strategy(&head).await.unwrap();
+        let mut changed = spec.clone();
+        changed
+            .params
+            .insert("api_marker".into(), toml::Value::Integer(7));
+        store
+            .insert_strategy_version(&StrategyVersion {
+                strategy_id: spec.id,
+                version: 2,
+                config: version_config(&changed).unwrap(),
+                created_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+
+        // The same file again: the API's change stands.
+        let again = sync_strategies(&store, &park).await.expect("second sync");
+        let s0 = again.specs.iter().find(|s| s.id == spec.id).unwrap();
+        assert!(!s0.enabled);
+        assert_eq!(again.versions[&spec.id], 2);
+        assert!(s0.params.contains_key("api_marker"));
+        assert!(
+            again.report[0].contains("from the store"),
+            "{:?}",
+            again.report
+        );
+
+        // The file changes the definition: a new version from the file, logged as a diff;
+        // `enabled` did not change in the file, so the store's flag stands.
+        let mut edited = park.clone();
+        edited.strategies[0]
+            .params
+            .insert("file_marker".into(), toml::Value::Integer(1));
+        let third = sync_strategies(&store, &edited).await.expect("third sync");
+        let s0 = third.specs.iter().find(|s| s.id == spec.id).unwrap();
+        assert_eq!(third.versions[&spec.id], 3);
+        assert!(s0.params.contains_key("file_marker"));
+        assert!(!s0.params.contains_key("api_marker"));
+        assert!(!s0.enabled);
+        assert!(
+            third.report[0].contains("params.file_marker: - → 1"),
+            "{:?}",
+            third.report
+        );
+
+        // The file flips `enabled`: that applies.
+        let mut enabled = edited.clone();
+        enabled.strategies[0].enabled = false;
+        sync_strategies(&store, &enabled)
+            .await
+            .expect("disable in file");
+        enabled.strategies[0].enabled = true;
+        let fourth = sync_strategies(&store, &enabled)
+            .await
+            .expect("enable in file");
+        assert!(
+            fourth
+                .specs
+                .iter()
+                .find(|s| s.id == spec.id)
+                .unwrap()
+                .enabled
+        );
+        assert_eq!(fourth.versions[&spec.id], 3, "no new version for a flag");
     }
 }

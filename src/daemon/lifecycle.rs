@@ -132,7 +132,11 @@ fn strategy_init(markets: &[Market], spec: &StrategySpec) -> anyhow::Result<Stra
 }
 
 impl Lifecycle {
-    pub fn new(ctx: StrategyCtx, specs: &[StrategySpec], versions: &HashMap<StrategyId, u32>) -> Self {
+    pub fn new(
+        ctx: StrategyCtx,
+        specs: &[StrategySpec],
+        versions: &HashMap<StrategyId, u32>,
+    ) -> Self {
         let table: BTreeMap<StrategyId, LiveStrategy> = specs
             .iter()
             .map(|s| {
@@ -179,7 +183,11 @@ impl Lifecycle {
     ) -> anyhow::Result<Option<vpp_actors::live::strategy::SharedPaper>> {
         let c = &self.ctx;
         let init = strategy_init(&c.markets, spec)?;
-        let ledger = c.ledger.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let ledger = c
+            .ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let mut host = HostConfig::new(spec.id, spec.aggregation_id);
         // The version is part of every client order id (`s<id>v<version>b<boot>-<n>`): each
         // order records the strategy version that made it, in the journal, the store and at
@@ -272,8 +280,7 @@ impl Lifecycle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(spec.id, handle.sender());
-        c.md
-            .write()
+        c.md.write()
             .unwrap_or_else(PoisonError::into_inner)
             .push(md.sender(handle.recipient()));
         self.running.insert(
@@ -372,7 +379,12 @@ impl Lifecycle {
                         running: false,
                     },
                 );
-            return Ok(if was_running { "stopped" } else { "not running" }.into());
+            return Ok(if was_running {
+                "stopped"
+            } else {
+                "not running"
+            }
+            .into());
         }
         self.start(&spec, version)?;
         Ok(if was_running {
@@ -391,8 +403,12 @@ impl Lifecycle {
             while let Some(cmd) = rx.recv().await {
                 let r = me.apply(&cmd).await.map_err(|e| format!("{e:#}"));
                 match &r {
-                    Ok(what) => tracing::info!(strategy = %cmd.id, %what, "strategy change applied"),
-                    Err(e) => tracing::error!(strategy = %cmd.id, error = %e, "strategy change failed"),
+                    Ok(what) => {
+                        tracing::info!(strategy = %cmd.id, %what, "strategy change applied")
+                    }
+                    Err(e) => {
+                        tracing::error!(strategy = %cmd.id, error = %e, "strategy change failed")
+                    }
                 }
                 let _ = cmd.reply.send(r);
             }
