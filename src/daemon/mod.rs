@@ -50,7 +50,7 @@ use vpp_engine::Timestamp;
 use vpp_market_adapters::client::{AdapterConfig, ConnectionState, VenueAdapter, WsAdapter};
 use vpp_market_adapters::protocol::Channel;
 use vpp_persistence::{AuditEntry, JournalConfig, Store};
-use vpp_risk::{RiskConfig, RiskEngine};
+use vpp_risk::RiskEngine;
 
 /// How `vpp run` runs. Its `Debug` never shows the venue API key.
 #[derive(Clone)]
@@ -485,16 +485,11 @@ async fn start_api(
 }
 
 fn risk_engine(park: &Park) -> anyhow::Result<RiskEngine> {
-    let cfg: RiskConfig = toml::Value::Table(park.risk.clone())
-        .try_into()
-        .map_err(|e| anyhow::anyhow!("{}: risk: {e}", park.source))?;
-    let mut engine = RiskEngine::new(cfg).map_err(|e| anyhow::anyhow!("{}: {e}", park.source))?;
-    for m in &park.markets {
-        engine
-            .register_market(m.clone())
-            .map_err(|e| anyhow::anyhow!("{}: markets: {e}", park.source))?;
-    }
-    Ok(engine)
+    Ok(crate::config::risk_engine(
+        &park.source,
+        &park.risk,
+        &park.markets,
+    )?)
 }
 
 fn core_spec(policy: &vpp_actors::RestartPolicy, name: &str, capacity: usize) -> SupervisorSpec {
