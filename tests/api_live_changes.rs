@@ -280,6 +280,16 @@ fn strategy_changes_reach_the_running_engine_and_survive_a_restart() {
         "{}",
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    // Risk limits set through the API are kept too.
+    let limits = r#"{"max_order_mw":"2","max_net_position_mw":"5","max_open_orders":17,"daily_notional_cny":"100000","orders_per_second":3,"order_burst":6}"#;
+    let r = call(
+        a,
+        "PUT",
+        "/api/v1/risk/limits/strategy/flow",
+        Some(&admin),
+        Some(limits),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     drop(d);
     let d = s.boot();
     let a = d.addr.as_str();
@@ -294,6 +304,15 @@ fn strategy_changes_reach_the_running_engine_and_survive_a_restart() {
     );
     let r = get(a, &format!("/api/v1/strategies/{id}"), &admin).json();
     assert_eq!(r["config"]["params"]["quantity_mw"], 0.2, "{r}");
+    let r = get(a, "/api/v1/risk/limits/strategy/flow", &admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["max_open_orders"],
+        17,
+        "{} {:?}",
+        r.body,
+        d.lines.try_iter().collect::<Vec<_>>()
+    );
     drop(d);
 
     // 6. Restart with the file changed: its definition becomes a new version.

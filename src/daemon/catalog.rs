@@ -216,6 +216,60 @@ pub async fn stored_spec(
         .map_err(|e| SyncError::Invalid(format!("strategy {} ({}): {e}", r.name, r.id)))
 }
 
+/// Risk limits set through the API that apply over the file's `[risk]`, and report lines.
+///
+/// Rule: the file's `[risk]` seeds; limits set through the API are stored per scope and
+/// applied at every boot while the file's `[risk]` is what it was when they were set. When the
+/// file's `[risk]` changed since it last seeded, the file wins: the stored limits are dropped
+/// (each named in a warning).
+pub async fn sync_risk_limits(
+    store: &Store,
+    park: &Park,
+) -> Result<
+    (
+        Vec<(vpp_risk::LimitScope, vpp_risk::RiskLimits)>,
+        Vec<String>,
+    ),
+    SyncError,
+> {
+    let def =
+        serde_json::to_value(&park.risk).map_err(|e| SyncError::Invalid(format!("risk: {e}")))?;
+    let seed = store.get_config_seed("risk", "file").await?;
+    let stored = store.list_risk_limits().await?;
+    let mut report = Vec::new();
+    if seed.as_ref() != Some(&def) {
+        if seed.is_some() {
+            for (scope, limits) in &stored {
+                tracing::warn!(%scope, %limits, "the file's [risk] changed; it replaces these limits set through the API");
+                report.push(format!("risk limits {scope}: from the file, which changed (the API's {limits} dropped)"));
+            }
+            store.clear_risk_limits().await?;
+        }
+        store.put_config_seed("risk", "file", &def).await?;
+        report.push("risk limits: from the file".to_owned());
+        return Ok((Vec::new(), report));
+    }
+    let mut out = Vec::new();
+    for (key, limits) in stored {
+        let parsed = serde_json::from_str::<vpp_risk::LimitScope>(&key)
+            .ok()
+            .zip(serde_json::from_value::<vpp_risk::RiskLimits>(limits).ok());
+        match parsed {
+            Some((scope, limits)) => {
+                report.push(format!(
+                    "risk limits {key}: from the store (set through the API)"
+                ));
+                out.push((scope, limits));
+            }
+            None => tracing::warn!(scope = %key, "stored risk limits are unreadable; skipped"),
+        }
+    }
+    if out.is_empty() {
+        report.push("risk limits: from the file".to_owned());
+    }
+    Ok((out, report))
+}
+
 /// Seeds and upgrades the stored strategies from the file by the module's rule; returns what
 /// the daemon runs.
 pub async fn sync_strategies(store: &Store, park: &Park) -> Result<StrategyBoot, SyncError> {

@@ -86,6 +86,8 @@ pub struct EngineHandle {
     shadows: super::shadow::Shadows,
     /// Starts and stops strategy actors when the store changes (none in unit tests).
     lifecycle: Option<super::lifecycle::LifecycleHandle>,
+    /// Where limits set at run time are kept (they survive a restart).
+    store: Option<vpp_persistence::Store>,
 }
 
 /// `GET /engine`.
@@ -302,10 +304,16 @@ impl EngineHandle {
             manual_seq: AtomicU64::new(0),
             shadows: Vec::new(),
             lifecycle: None,
+            store: None,
         }
     }
 
     /// The shadow strategies' paper venues, for [`EngineHandle::shadow_report`].
+    pub fn with_store(mut self, store: vpp_persistence::Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     pub fn with_lifecycle(mut self, lifecycle: super::lifecycle::LifecycleHandle) -> Self {
         self.lifecycle = Some(lifecycle);
         self
@@ -664,10 +672,27 @@ impl EngineHandle {
             limits,
             who: who.to_owned(),
         };
-        match self.ask_risk(cmd).await? {
-            RiskReply::LimitsChanged(c) => Ok(*c),
-            other => Err(unexpected(&other)),
+        let change = match self.ask_risk(cmd).await? {
+            RiskReply::LimitsChanged(c) => *c,
+            other => return Err(unexpected(&other)),
+        };
+        if let Some(store) = &self.store {
+            let stored = async {
+                let key = serde_json::to_string(&scope).map_err(|e| e.to_string())?;
+                let value = serde_json::to_value(&change.new).map_err(|e| e.to_string())?;
+                store
+                    .put_risk_limits(&key, &value)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            stored.await.map_err(|e| {
+                ControlError::Unavailable(format!(
+                    "the limits apply in the running engine but could not be stored \
+                     (a restart would lose them): {e}"
+                ))
+            })?;
         }
+        Ok(change)
     }
 
     /// Resolves a limit scope from `aggregation_defaults`, `strategy_defaults`,

@@ -311,6 +311,25 @@ pub async fn run(mut park: Park, store: Store, opts: RunOptions) -> anyhow::Resu
     )
     .await?;
 
+    // Risk limits set through the API (the store) over the file's `[risk]`.
+    let (limits, report) = catalog::sync_risk_limits(&store, &park)
+        .await
+        .context("cannot read the stored risk limits")?;
+    for line in &report {
+        println!("{line}");
+    }
+    {
+        let mut engine = live
+            .risk_engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (scope, l) in limits {
+            if let Err(e) = engine.update_limits(scope, l, "store", clock.now()) {
+                tracing::warn!(?scope, error = %e, "stored risk limits refused; the file's apply");
+            }
+        }
+    }
+
     // 5. Strategies, then the park and the timers that drive them.
     let mut live = live;
     let mut lifecycle = lifecycle::Lifecycle::new(
@@ -469,6 +488,7 @@ async fn start_api(
         url,
     )
     .with_shadows(shadows.clone())
+    .with_store(store.clone())
     .with_lifecycle(lifecycle.clone());
     let state = crate::api::ApiState::new(
         store.clone(),
