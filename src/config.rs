@@ -5,7 +5,14 @@
 //! would be valid`:
 //! 1. syntax and shape (serde + toml, unknown keys refused),
 //! 2. meaning: names resolve, template parameters validate, no resource is committed above
-//!    100%, markets are consistent.
+//!    100%, markets are consistent, and everything `vpp run` would refuse later is refused
+//!    here: each strategy is constructed by the daemon's registry (kind, parameters, a market
+//!    its kind can trade), the `[risk]` section builds the risk engine, the database URL and
+//!    listen addresses parse, resource and site names are MQTT-safe topic levels, and every
+//!    aggregation has members, each listed once.
+//!
+//! [`Park::parse`] is the one validation: `vpp check-config` and `vpp run` both call it (and
+//! the daemon builds its risk engine with [`risk_engine`], the same function the check uses).
 //!
 //! The result, [`Park`], holds engine types only; ids are assigned in file order from 1.
 
@@ -650,6 +657,11 @@ impl Builder {
         let dispatch = self.dispatch(&raw.aggregations)?;
         let supervision = self.supervision(&raw.supervision)?;
         let journal = self.journal(&raw.journal)?;
+        self.daemon(&raw.daemon)?;
+        self.topic_levels(&raw.resources)?;
+        self.members_once(&raw.aggregations)?;
+        self.runnable_strategies(&strategies, &markets)?;
+        risk_engine(&self.source, &raw.risk, &markets)?;
         Ok(Park {
             source: self.source,
             daemon: raw.daemon,
@@ -706,6 +718,138 @@ impl Builder {
             ));
         }
         Ok(j.clone())
+    }
+
+    /// The database URL names a supported store; listen addresses are `HOST:PORT`.
+    fn daemon(&self, d: &DaemonConfig) -> Result<(), ConfigError> {
+        let url = d.database_url.as_str();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+            return Err(self.err(
+                "daemon.database_url".into(),
+                format!(
+                    "{scheme:?} is not a supported store: use sqlite://PATH or postgres://USER@HOST/DB"
+                ),
+            ));
+        }
+        let addr = |key: &str, v: &str, empty_ok: bool| -> Result<(), ConfigError> {
+            if empty_ok && v.trim().is_empty() {
+                return Ok(());
+            }
+            v.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| {
+                self.err(
+                    format!("daemon.{key}"),
+                    format!("{v:?} is not HOST:PORT with a numeric host, e.g. 127.0.0.1:8080"),
+                )
+            })
+        };
+        addr("api_listen", &d.api_listen, true)?;
+        addr("venue_listen", &d.venue_listen, false)
+    }
+
+    /// Resource and site names become MQTT topic levels (`vpp/<site>/<name>/...`).
+    fn topic_levels(&self, raw: &[ResourceConfig]) -> Result<(), ConfigError> {
+        for (i, r) in raw.iter().enumerate() {
+            for (field, value) in [("name", &r.name), ("site", &r.site)] {
+                if value.is_empty() || value.contains(['/', '+', '#', '\0']) {
+                    return Err(self.err(
+                        format!("resources[{i}].{field}"),
+                        format!(
+                            "{value:?} cannot be an MQTT topic level: it must be non-empty and \
+                             contain no '/', '+', '#' or NUL"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every aggregation has members and lists each resource once.
+    fn members_once(&self, raw: &[AggregationConfig]) -> Result<(), ConfigError> {
+        for (i, a) in raw.iter().enumerate() {
+            if a.members.is_empty() {
+                return Err(self.err(
+                    format!("aggregations[{i}].members"),
+                    format!(
+                        "aggregation {:?} has no members; list at least one resource",
+                        a.name
+                    ),
+                ));
+            }
+            let mut seen = HashMap::new();
+            for (j, m) in a.members.iter().enumerate() {
+                if let Some(first) = seen.insert(m.resource.as_str(), j) {
+                    return Err(self.err(
+                        format!("aggregations[{i}].members[{j}].resource"),
+                        format!(
+                            "resource {:?} is listed twice (also members[{first}]); list it once \
+                             with its whole share_pct",
+                            m.resource
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each strategy is constructed exactly as the daemon will construct it.
+    fn runnable_strategies(
+        &self,
+        specs: &[StrategySpec],
+        markets: &[Market],
+    ) -> Result<(), ConfigError> {
+        let registry = vpp_actors::live::strategies::registry();
+        for (i, spec) in specs.iter().enumerate() {
+            let key = format!("strategies[{i}]");
+            let Some(market) = markets.iter().find(|m| m.id == spec.market_id) else {
+                continue;
+            };
+            let energy_only = matches!(
+                spec.kind.as_str(),
+                "battery_arbitrage" | "real_time_threshold"
+            );
+            if energy_only && !matches!(market.kind, MarketKind::DayAhead | MarketKind::RealTime) {
+                return Err(self.err(
+                    format!("{key}.market"),
+                    format!(
+                        "{} trades energy; market {:?} is {}: use a day_ahead or real_time market",
+                        spec.kind, market.name, market.kind
+                    ),
+                ));
+            }
+            let json = serde_json::to_value(&spec.params)
+                .map_err(|e| self.err(format!("{key}.params"), e.to_string()))?;
+            let params = vpp_engine::strategy::StrategyParams::from_json(&json)
+                .map_err(|e| self.strategy_err(&key, e))?;
+            let init = vpp_engine::strategy::StrategyInit {
+                strategy_id: spec.id,
+                name: spec.name.clone(),
+                kind: spec.kind.clone(),
+                aggregation_id: spec.aggregation_id,
+                market: market.clone(),
+                params,
+            };
+            registry
+                .create(&init)
+                .map_err(|e| self.strategy_err(&key, e))?;
+        }
+        Ok(())
+    }
+
+    fn strategy_err(&self, key: &str, e: vpp_engine::strategy::StrategyError) -> ConfigError {
+        use vpp_engine::strategy::StrategyError;
+        match e {
+            StrategyError::Param { param, reason } => {
+                self.err(format!("{key}.params.{param}"), reason)
+            }
+            StrategyError::UnknownKind { .. } => self.err(format!("{key}.kind"), e.to_string()),
+            other => self.err(format!("{key}.params"), other.to_string()),
+        }
     }
 
     fn supervision(&self, s: &SupervisionConfig) -> Result<vpp_actors::RestartPolicy, ConfigError> {
@@ -1133,6 +1277,31 @@ impl Builder {
     }
 }
 
+/// The risk engine of a `[risk]` section over `markets`: what `vpp run` builds and what
+/// [`Park::parse`] checks, so a config one accepts the other runs.
+pub fn risk_engine(
+    source: &str,
+    risk: &toml::Table,
+    markets: &[Market],
+) -> Result<vpp_risk::RiskEngine, ConfigError> {
+    let err = |key: String, message: String| ConfigError {
+        file: source.to_owned(),
+        key,
+        message,
+    };
+    let cfg: vpp_risk::RiskConfig = toml::Value::Table(risk.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| err("risk".into(), e.to_string().trim_end().to_owned()))?;
+    let mut engine = vpp_risk::RiskEngine::new(cfg)
+        .map_err(|e| err(format!("risk.{}", e.field), e.reason.clone()))?;
+    for m in markets {
+        engine
+            .register_market(m.clone())
+            .map_err(|e| err("risk.markets".into(), e.to_string()))?;
+    }
+    Ok(engine)
+}
+
 /// `mqtt://HOST:PORT`, `tcp://HOST:PORT` or `HOST:PORT` (port 1883 when absent).
 fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
     let rest = url
@@ -1316,7 +1485,7 @@ lon = 102.7
     #[test]
     fn strategy_must_name_a_known_aggregation_and_market() {
         let text = format!(
-            "{PV}\n[[aggregations]]\nname = \"a1\"\n\
+            "{PV}\n[[aggregations]]\nname = \"a1\"\nmembers = [{{ resource = \"pv-a\" }}]\n\
              [[markets]]\nname = \"m\"\nkind = \"day_ahead\"\nprice_cap_cny_per_mwh = 1500\nprice_floor_cny_per_mwh = 0\n\
              [[strategies]]\nname = \"s\"\nkind = \"battery_arbitrage\"\naggregation = \"a1\"\nmarket = \"m\"\n"
         );
@@ -1458,9 +1627,9 @@ lon = 102.7
     #[test]
     fn dispatch_method_is_chosen_per_aggregation() {
         let text = format!(
-            "{PV}\n[[aggregations]]\nname = \"a1\"\n\
-             [[aggregations]]\nname = \"a2\"\ndispatch = {{ method = \"soc_weighted\", k = 2.5, consecutive_samples = 4 }}\n\
-             [[aggregations]]\nname = \"a3\"\ndispatch = {{ method = \"merit_order\", band_kw = 25 }}\n"
+            "{PV}\n[[aggregations]]\nname = \"a1\"\nmembers = [{{ resource = \"pv-a\", share_pct = 30 }}]\n\
+             [[aggregations]]\nname = \"a2\"\nmembers = [{{ resource = \"pv-a\", share_pct = 30 }}]\ndispatch = {{ method = \"soc_weighted\", k = 2.5, consecutive_samples = 4 }}\n\
+             [[aggregations]]\nname = \"a3\"\nmembers = [{{ resource = \"pv-a\", share_pct = 30 }}]\ndispatch = {{ method = \"merit_order\", band_kw = 25 }}\n"
         );
         let park = parse(&text).unwrap();
         let d = |i: u64| park.dispatch[&AggregationId(i)];

@@ -26,6 +26,7 @@ mod lease;
 mod markets;
 mod orders;
 mod records;
+mod seeds;
 mod sql;
 mod store;
 

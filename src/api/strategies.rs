@@ -83,10 +83,11 @@ fn strategy_error(e: StrategyError) -> ApiError {
     }
 }
 
-/// The registry of kinds the API accepts: the engine's built-ins.
+/// The registry of kinds the API accepts: exactly the daemon's (built-ins plus its diagnostic
+/// kinds), so a strategy the engine runs can be changed through the API.
 fn registry() -> &'static StrategyRegistry {
     static REGISTRY: OnceLock<StrategyRegistry> = OnceLock::new();
-    REGISTRY.get_or_init(StrategyRegistry::with_builtins)
+    REGISTRY.get_or_init(vpp_actors::live::strategies::registry)
 }
 
 /// The market a strategy trades: one of the daemon's markets, or (without markets in the
@@ -295,6 +296,17 @@ async fn latest_config(state: &ApiState, r: &StrategyRecord) -> Result<StrategyC
         .ok_or_else(|| ApiError::Internal(format!("strategy {} has no readable version", r.id)))
 }
 
+/// Makes the running engine follow the store for strategy `id` before the call answers:
+/// deactivating stops its actor and cancels its orders, activating starts it, a new version in
+/// force restarts it on that version.
+async fn follow(state: &ApiState, id: StrategyId) -> Result<(), ApiError> {
+    if let Some(engine) = &state.engine {
+        let what = engine.strategy_changed(&state.store, id).await?;
+        tracing::info!(strategy = %id, %what, "the engine follows the store");
+    }
+    Ok(())
+}
+
 /// Appends version `latest + 1` with `config` and returns the new head.
 async fn append_version(
     state: &ApiState,
@@ -406,6 +418,7 @@ pub async fn create(
         };
         state.store.upsert_strategy(&head).await?;
         let head = append_version(&state, &head, &config).await?;
+        follow(&state, head.id).await?;
         Ok(HttpResponse::Created().json(view_of(&state, &head).await?))
     })
     .await
@@ -472,6 +485,7 @@ pub async fn update(
         r.updated_at = chrono::Utc::now();
         state.store.upsert_strategy(&r).await?;
         let head = append_version(&state, &r, &config).await?;
+        follow(&state, head.id).await?;
         Ok(HttpResponse::Ok().json(view_of(&state, &head).await?))
     })
     .await
@@ -552,6 +566,7 @@ async fn set_enabled(
         r.enabled = enabled;
         r.updated_at = chrono::Utc::now();
         state.store.upsert_strategy(&r).await?;
+        follow(&state, r.id).await?;
         Ok(HttpResponse::Ok().json(view_of(&state, &r).await?))
     })
     .await
@@ -579,6 +594,7 @@ pub async fn set_shadow(
         }
         config.shadow = body.shadow;
         let head = append_version(&state, &r, &config).await?;
+        follow(&state, head.id).await?;
         Ok(HttpResponse::Ok().json(view_of(&state, &head).await?))
     })
     .await

@@ -86,6 +86,10 @@ pub struct EngineHandle {
     shadows: super::shadow::Shadows,
     /// Actor health (a strategy halted by its supervisor shows there).
     health: Option<vpp_actors::HealthRegistry>,
+    /// Starts and stops strategy actors when the store changes (none in unit tests).
+    lifecycle: Option<super::lifecycle::LifecycleHandle>,
+    /// Where limits set at run time are kept (they survive a restart).
+    store: Option<vpp_persistence::Store>,
 }
 
 /// `GET /engine`.
@@ -121,6 +125,8 @@ pub struct StrategyStatus {
     pub halted: bool,
     /// Why it halted, when it did.
     pub halt_cause: Option<String>,
+    /// The version in force (its client order ids carry it: `s<id>v<version>b<boot>-<n>`).
+    pub version: Option<u32>,
     pub kill_switch_engaged: bool,
     pub open_orders: usize,
 }
@@ -305,6 +311,8 @@ impl EngineHandle {
             manual_seq: AtomicU64::new(0),
             shadows: Vec::new(),
             health: None,
+            lifecycle: None,
+            store: None,
         }
     }
 
@@ -321,6 +329,39 @@ impl EngineHandle {
             vpp_actors::Health::Halted(cause) => Some(cause),
             _ => None,
         }
+    }
+
+    /// Where limits set at run time are persisted.
+    pub fn with_store(mut self, store: vpp_persistence::Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn with_lifecycle(mut self, lifecycle: super::lifecycle::LifecycleHandle) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
+
+    /// Makes the running daemon follow the store for strategy `id` (its head and version in
+    /// force): stops, starts or restarts its actor. Returns what was done.
+    pub async fn strategy_changed(
+        &self,
+        store: &vpp_persistence::Store,
+        id: StrategyId,
+    ) -> Result<String, ControlError> {
+        let Some(lifecycle) = &self.lifecycle else {
+            return Ok("no engine".into());
+        };
+        let target = super::catalog::stored_spec(store, &self.park, id)
+            .await
+            .map_err(|e| ControlError::Invalid {
+                field: "strategy",
+                message: e.to_string(),
+            })?;
+        lifecycle
+            .apply(id, target)
+            .await
+            .map_err(ControlError::Unavailable)
     }
 
     /// The shadow strategies' paper venues, for [`EngineHandle::shadow_report`].
@@ -427,6 +468,26 @@ impl EngineHandle {
         }
     }
 
+    /// The strategies the daemon knows and whether an actor runs each: the live table when
+    /// the lifecycle runs, else the park's list.
+    fn strategy_table(&self) -> Vec<(crate::config::StrategySpec, bool, Option<u32>)> {
+        match &self.lifecycle {
+            Some(l) => l
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .map(|s| (s.spec.clone(), s.running, Some(s.version)))
+                .collect(),
+            None => self
+                .park
+                .strategies
+                .iter()
+                .map(|s| (s.clone(), s.enabled, None))
+                .collect(),
+        }
+    }
+
     pub fn status(&self) -> EngineStatus {
         let (open, orders, positions, open_by_strategy) = {
             let l = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
@@ -464,10 +525,9 @@ impl EngineHandle {
             orders,
             positions,
             strategies: self
-                .park
-                .strategies
+                .strategy_table()
                 .iter()
-                .map(|s| {
+                .map(|(s, running, version)| {
                     let halt_cause = self.halted(&s.name);
                     StrategyStatus {
                         id: s.id.0,
@@ -475,9 +535,10 @@ impl EngineHandle {
                         kind: s.kind.clone(),
                         aggregation_id: s.aggregation_id.0,
                         market_id: s.market_id.0,
-                        enabled: s.enabled && halt_cause.is_none(),
+                        enabled: *running && halt_cause.is_none(),
                         halted: halt_cause.is_some(),
                         halt_cause,
+                        version: *version,
                         kill_switch_engaged: engaged.contains(&s.id),
                         open_orders: open_by_strategy.get(&s.id).copied().unwrap_or(0),
                     }
@@ -640,10 +701,27 @@ impl EngineHandle {
             limits,
             who: who.to_owned(),
         };
-        match self.ask_risk(cmd).await? {
-            RiskReply::LimitsChanged(c) => Ok(*c),
-            other => Err(unexpected(&other)),
+        let change = match self.ask_risk(cmd).await? {
+            RiskReply::LimitsChanged(c) => *c,
+            other => return Err(unexpected(&other)),
+        };
+        if let Some(store) = &self.store {
+            let stored = async {
+                let key = serde_json::to_string(&scope).map_err(|e| e.to_string())?;
+                let value = serde_json::to_value(&change.new).map_err(|e| e.to_string())?;
+                store
+                    .put_risk_limits(&key, &value)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            stored.await.map_err(|e| {
+                ControlError::Unavailable(format!(
+                    "the limits apply in the running engine but could not be stored \
+                     (a restart would lose them): {e}"
+                ))
+            })?;
         }
+        Ok(change)
     }
 
     /// Resolves a limit scope from `aggregation_defaults`, `strategy_defaults`,

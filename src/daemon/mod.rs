@@ -24,6 +24,7 @@
 pub mod catalog;
 pub mod control;
 pub mod journal;
+pub mod lifecycle;
 pub mod park;
 pub mod session;
 pub mod shadow;
@@ -33,7 +34,6 @@ use crate::config::{Park, StrategySpec};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -41,11 +41,10 @@ use vpp_actors::live::aggregation::{AggregationLogic, AggregationWiring};
 use vpp_actors::live::clock::ScaledClock;
 use vpp_actors::live::connector::{run_connector, ConnectorWiring};
 use vpp_actors::live::dispatch::{DispatchJournal, DispatchLogic, DispatchWiring};
-use vpp_actors::live::messages::{MdConflator, MdSender, ToDispatch, ToOms, ToRisk, ToStrategy};
+use vpp_actors::live::messages::{MdSender, ToDispatch, ToOms, ToRisk, ToStrategy};
 use vpp_actors::live::oms::{OmsLogic, OmsWiring, SharedLedger};
 use vpp_actors::live::risk::{DeviationFeed, RiskLogic, RiskWiring};
 use vpp_actors::live::settlement::{SettlementLogic, SettlementWiring, SettlementWriter};
-use vpp_actors::live::strategy::{StrategyExtras, StrategyLogic, StrategyWiring};
 use vpp_actors::live::{recovery, strategies, StrategyRoutes};
 use vpp_actors::metrics::{names as metric_names, MetricsSnapshot, Stage};
 use vpp_actors::{BoundedSender, Runtime, SupervisedActor, SupervisorSpec};
@@ -55,12 +54,12 @@ use vpp_engine::dispatch::{DispatchFleet, DispatchUnitSpec, UnitState};
 use vpp_engine::ids::{AggregationId, ClientOrderId, StrategyId};
 use vpp_engine::ledger::OrderLedger;
 use vpp_engine::market::MarketKind;
-use vpp_engine::strategy::{timers_due, HostConfig, StrategyInit, StrategyParams, Timer};
+use vpp_engine::strategy::{timers_due, Timer};
 use vpp_engine::Timestamp;
 use vpp_market_adapters::client::{AdapterConfig, ConnectionState, VenueAdapter, WsAdapter};
 use vpp_market_adapters::protocol::Channel;
 use vpp_persistence::{AuditEntry, LeaseHolder, LeaseWait, Store};
-use vpp_risk::{RiskConfig, RiskEngine};
+use vpp_risk::RiskEngine;
 
 /// How `vpp run` runs. Its `Debug` never shows the venue API key.
 #[derive(Clone)]
@@ -179,7 +178,7 @@ pub fn strategy_of(id: &ClientOrderId) -> Option<StrategyId> {
 }
 
 /// Runs the daemon; returns after a graceful shutdown.
-pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<()> {
+pub async fn run(mut park: Park, store: Store, opts: RunOptions) -> anyhow::Result<()> {
     let anchor = opts.clock_anchor.unwrap_or_else(chrono::Utc::now);
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(anchor, opts.speed));
     let rt = Runtime::new(Arc::clone(&clock));
@@ -220,7 +219,15 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
         .await
         .context("cannot store the park's catalog")?;
     tracing::info!(?catalog, "catalog stored");
-    let versions = record_strategy_versions(&store, &park).await?;
+    // The store is the source of truth for strategies; the file seeds and upgrades it.
+    let boot = catalog::sync_strategies(&store, &park)
+        .await
+        .context("cannot seed the strategies into the store")?;
+    for line in &boot.report {
+        println!("{line}");
+    }
+    park.strategies = boot.specs;
+    let versions = boot.versions;
 
     // 1. Journal replay.
     let metrics = rt.metrics.clone();
@@ -342,15 +349,54 @@ pub async fn run(park: Park, store: Store, opts: RunOptions) -> anyhow::Result<(
     )
     .await?;
 
+    // Risk limits set through the API (the store) over the file's `[risk]`.
+    let (limits, report) = catalog::sync_risk_limits(&store, &park)
+        .await
+        .context("cannot read the stored risk limits")?;
+    for line in &report {
+        println!("{line}");
+    }
+    {
+        let mut engine = live
+            .risk_engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (scope, l) in limits {
+            if let Err(e) = engine.update_limits(scope, l, "store", clock.now()) {
+                tracing::warn!(?scope, error = %e, "stored risk limits refused; the file's apply");
+            }
+        }
+    }
+
     // 5. Strategies, then the park and the timers that drive them.
     let mut live = live;
-    let shadows = start_strategies(&park, &rt, &clock, &live, epoch, &versions)?;
+    let mut lifecycle = lifecycle::Lifecycle::new(
+        lifecycle::StrategyCtx {
+            rt: rt.clone(),
+            clock: Arc::clone(&clock),
+            registry: Arc::new(strategies::registry()),
+            markets: park.markets.clone(),
+            supervision: park.supervision,
+            session_dir: park.daemon.record_session_dir.as_ref().map(PathBuf::from),
+            epoch,
+            risk: live.risk.clone(),
+            risk_control: live.risk_control.clone(),
+            oms: live.oms.clone(),
+            routes: Arc::clone(&live.routes),
+            md: Arc::clone(&live.md),
+            ledger: Arc::clone(&live.ledger),
+        },
+        &park.strategies,
+        &versions,
+    );
+    let shadows = lifecycle.start_enabled()?;
+    let lifecycle = lifecycle.spawn();
     tracing::info!(
         strategies = park.strategies.iter().filter(|s| s.enabled).count(),
         "trading"
     );
     let api = start_api(
-        &park, &store, &rt, &clock, &live, &shadows, epoch, &url, &opts,
+        &park, &store, &rt, &clock, &live, &shadows, &lifecycle, epoch, &url, &opts,
     )
     .await?;
     // Telemetry in, setpoints out: the simulated park or the MQTT broker (`[telemetry]`).
@@ -466,6 +512,7 @@ async fn start_api(
     clock: &Arc<dyn Clock>,
     live: &Live,
     shadows: &Shadows,
+    lifecycle: &lifecycle::LifecycleHandle,
     epoch: u64,
     url: &str,
     opts: &RunOptions,
@@ -494,7 +541,9 @@ async fn start_api(
         url,
     )
     .with_shadows(shadows.clone())
-    .with_health(rt.health.clone());
+    .with_health(rt.health.clone())
+    .with_store(store.clone())
+    .with_lifecycle(lifecycle.clone());
     let state = crate::api::ApiState::new(
         store.clone(),
         Some(Arc::new(engine)),
@@ -510,16 +559,11 @@ async fn start_api(
 }
 
 fn risk_engine(park: &Park) -> anyhow::Result<RiskEngine> {
-    let cfg: RiskConfig = toml::Value::Table(park.risk.clone())
-        .try_into()
-        .map_err(|e| anyhow::anyhow!("{}: risk: {e}", park.source))?;
-    let mut engine = RiskEngine::new(cfg).map_err(|e| anyhow::anyhow!("{}: {e}", park.source))?;
-    for m in &park.markets {
-        engine
-            .register_market(m.clone())
-            .map_err(|e| anyhow::anyhow!("{}: markets: {e}", park.source))?;
-    }
-    Ok(engine)
+    Ok(crate::config::risk_engine(
+        &park.source,
+        &park.risk,
+        &park.markets,
+    )?)
 }
 
 fn core_spec(policy: &vpp_actors::RestartPolicy, name: &str, capacity: usize) -> SupervisorSpec {
@@ -723,10 +767,12 @@ async fn start_core(
             metrics: rt.metrics.clone(),
             risk: risk.sender(),
             routes: Arc::clone(&routes),
+            // Every strategy of the aggregation, enabled or not: one the API activates later
+            // gets capacity as soon as its route exists.
             strategies: park
                 .strategies
                 .iter()
-                .filter(|s| s.aggregation_id == agg.id && s.enabled)
+                .filter(|s| s.aggregation_id == agg.id)
                 .map(|s| s.id)
                 .collect(),
         };
@@ -824,87 +870,6 @@ async fn start_core(
     })
 }
 
-fn strategy_init(park: &Park, spec: &StrategySpec) -> anyhow::Result<StrategyInit> {
-    let market = park
-        .markets
-        .iter()
-        .find(|m| m.id == spec.market_id)
-        .cloned()
-        .with_context(|| format!("strategy {}: market {}", spec.name, spec.market_id))?;
-    let json = serde_json::to_value(&spec.params)
-        .with_context(|| format!("strategy {}: params", spec.name))?;
-    let params = StrategyParams::from_json(&json)
-        .map_err(|e| anyhow::anyhow!("strategy {}: {e}", spec.name))?;
-    Ok(StrategyInit {
-        strategy_id: spec.id,
-        name: spec.name.clone(),
-        kind: spec.kind.clone(),
-        aggregation_id: spec.aggregation_id,
-        market,
-        params,
-    })
-}
-
-/// The configuration a strategy version pins: what the API stores too.
-fn version_config(spec: &StrategySpec) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::json!({
-        "aggregation_id": spec.aggregation_id,
-        "market_id": spec.market_id,
-        "params": serde_json::to_value(&spec.params)
-            .with_context(|| format!("strategy {}: params", spec.name))?,
-        "shadow": spec.shadow,
-    }))
-}
-
-/// Upserts every configured strategy and records a new version only when its configuration
-/// (kind aside: the head holds it) differs from the latest stored one. Returns the version in
-/// force per strategy.
-async fn record_strategy_versions(
-    store: &Store,
-    park: &Park,
-) -> anyhow::Result<HashMap<StrategyId, u32>> {
-    let mut versions = HashMap::new();
-    let now = chrono::Utc::now();
-    for spec in &park.strategies {
-        store
-            .upsert_strategy(&vpp_persistence::StrategyRecord {
-                id: spec.id,
-                name: spec.name.clone(),
-                kind: spec.kind.clone(),
-                enabled: spec.enabled,
-                latest_version: 0,
-                updated_at: now,
-            })
-            .await
-            .with_context(|| format!("cannot store strategy {}", spec.name))?;
-        let config = version_config(spec)?;
-        let stored = store
-            .list_strategy_versions(spec.id)
-            .await
-            .with_context(|| format!("cannot read the versions of strategy {}", spec.name))?;
-        let latest = stored.last();
-        let version = match latest {
-            Some(v) if v.config == config => v.version,
-            _ => {
-                let version = latest.map_or(1, |v| v.version + 1);
-                store
-                    .insert_strategy_version(&vpp_persistence::StrategyVersion {
-                        strategy_id: spec.id,
-                        version,
-                        config,
-                        created_at: now,
-                    })
-                    .await
-                    .with_context(|| format!("cannot store strategy {} v{version}", spec.name))?;
-                tracing::info!(strategy = %spec.name, version, "new strategy version");
-                version
-            }
-        };
-        versions.insert(spec.id, version);
-    }
-    Ok(versions)
-}
-
 use shadow::Shadows;
 
 /// Writes `<data_dir>/shadow/<name>.json` per shadow strategy: paper P&L and its last intents.
@@ -934,122 +899,6 @@ fn write_shadow_reports(shadows: &Shadows, data_dir: &Path) {
             }
         }
     }
-}
-
-fn start_strategies(
-    park: &Park,
-    rt: &Runtime,
-    clock: &Arc<dyn Clock>,
-    live: &Live,
-    epoch: u64,
-    versions: &HashMap<StrategyId, u32>,
-) -> anyhow::Result<Shadows> {
-    let mut shadows = Shadows::new();
-    let session_dir = park.daemon.record_session_dir.as_ref().map(PathBuf::from);
-    let registry = Arc::new(strategies::registry());
-    let ledger = live
-        .ledger
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    for spec in park.strategies.iter().filter(|s| s.enabled) {
-        let init = strategy_init(park, spec)?;
-        let mut host = HostConfig::new(spec.id, spec.aggregation_id);
-        // The version is part of every client order id (`s<id>v<version>b<boot>-<n>`): each
-        // order records the strategy version that made it, in the journal, the store and at
-        // the venue, and ids without it (older journals) still parse.
-        host.id_prefix = Some(match versions.get(&spec.id) {
-            Some(v) => format!("s{}v{v}b{epoch}", spec.id),
-            None => format!("s{}b{epoch}", spec.id),
-        });
-        let name = format!("strategy/{}", spec.name);
-        let md = MdConflator::new(name.as_str().into(), 4_096, &rt.metrics);
-        let mut extras = StrategyExtras::default();
-        if spec.shadow {
-            let paper = Arc::new(Mutex::new(vpp_engine::strategy::PaperVenue::new()));
-            shadows.push((spec.name.clone(), Arc::clone(&paper)));
-            extras.shadow = Some(paper);
-        }
-        if let Some(dir) = &session_dir {
-            let start = vpp_engine::backtest::SessionEvent::Start {
-                at: clock.now(),
-                strategy: Box::new(vpp_engine::backtest::SessionStrategy {
-                    strategy_id: spec.id,
-                    aggregation_id: spec.aggregation_id,
-                    name: spec.name.clone(),
-                    kind: spec.kind.clone(),
-                    version: versions.get(&spec.id).copied(),
-                    market: init.market.clone(),
-                    params: init.params.clone(),
-                    id_prefix: host.id_prefix.clone(),
-                }),
-            };
-            let recorder =
-                session::SessionRecorder::start(dir, &spec.name, start).with_context(|| {
-                    format!(
-                        "strategy {}: cannot record its session in {}",
-                        spec.name,
-                        dir.display()
-                    )
-                })?;
-            extras.tap = Some(recorder);
-        }
-        tracing::info!(strategy = %spec.name, version = ?versions.get(&spec.id), shadow = spec.shadow,
-            recording = session_dir.is_some(), "starting strategy");
-        let wiring = StrategyWiring {
-            init,
-            host,
-            registry: Arc::clone(&registry),
-            clock: Arc::clone(clock),
-            risk: live.risk.clone(),
-            md: md.clone(),
-            metrics: rt.metrics.clone(),
-            issued: Arc::new(AtomicU64::new(0)),
-            ledger: Some(Arc::clone(&live.ledger)),
-        };
-        let logic = StrategyLogic::new(wiring.clone(), |host| {
-            for o in ledger.orders() {
-                if o.request.strategy_id == Some(spec.id) {
-                    host.observe_client_ids([o.id()]);
-                    let _ = host.adopt_order(o);
-                }
-            }
-            for (k, p) in ledger.positions() {
-                host.adopt_position(*k, p.clone());
-            }
-        })
-        .map_err(|e| anyhow::anyhow!("strategy {}: {e}", spec.name))?
-        .with_extras(extras.clone());
-        let oms = live.oms.clone();
-        let sid = spec.id;
-        // Snapshots serialise the strategy's state: every 64 messages keeps that off the
-        // per-message path; a rebuild takes orders and positions from the ledger anyway.
-        let supervisor = SupervisorSpec::new(name.as_str())
-            .policy(park.supervision)
-            .mailbox_capacity(1_024)
-            .snapshot_every(64)
-            .on_escalation(move |e| {
-                tracing::error!(actor = %e.actor, cause = %e.cause,
-                    "strategy halted past its restart limit; cancelling its orders");
-                if let Err(err) = oms.try_send(ToOms::HaltStrategy(sid)) {
-                    tracing::error!(error = %err, "halt could not reach the OMS");
-                }
-            });
-        let rebuild_w = wiring.clone();
-        let handle = SupervisedActor::new(supervisor, rt.clone(), logic, move |snap| {
-            StrategyLogic::rebuild(rebuild_w.clone(), snap).map(|l| l.with_extras(extras.clone()))
-        })?
-        .start();
-        live.routes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(spec.id, handle.sender());
-        live.md
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(md.sender(handle.recipient()));
-    }
-    Ok(shadows)
 }
 
 async fn timer_loop(

@@ -139,6 +139,9 @@ pub struct StrategyExtras {
     /// Shadow mode: record intents and settle them on this paper venue; send nothing.
     pub shadow: Option<SharedPaper>,
     pub tap: Option<Arc<dyn StrategyTap>>,
+    /// Set when the operator deactivates (or replaces) this strategy: from then on it sends
+    /// no new order to risk (cancels still go), whatever is left in its mailbox.
+    pub stopped: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub struct StrategyLogic {
@@ -288,7 +291,15 @@ impl StrategyLogic {
             self.host.next_client_seq().saturating_sub(1),
             Ordering::SeqCst,
         );
+        let stopped = self
+            .extras
+            .stopped
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst));
         for intent in intents {
+            if stopped && matches!(intent, OrderIntent::New(_)) {
+                continue;
+            }
             let msg = ToRisk::Intent(Intent { intent, t0_ns });
             if let Err(rejected) = self.wiring.risk.try_send(msg) {
                 let (msg, reason) = rejected.into_parts();
