@@ -25,6 +25,8 @@ use vpp_engine::strategy::{
 use vpp_market_adapters::sim::auction::{clear_uniform_price, AuctionBid};
 use vpp_risk::{RiskConfig, RiskEngine};
 
+mod gen_prices;
+
 /// The bundled Belgian day-ahead prices (ENTSO-E).
 pub const DEFAULT_PRICES: &str = "examples/data/entsoe_be_day_ahead_2022_2024.csv";
 
@@ -82,6 +84,15 @@ pub struct BacktestArgs {
     /// `intents.jsonl` and `session_report.json` to `--out`.
     #[arg(long, value_name = "FILE")]
     session: Option<PathBuf>,
+    /// Write a synthetic 15-minute local-time price CSV to FILE covering `--from` − 1 day ..
+    /// `--to` + 1 day (seeded by `--seed`, deterministic: same flags, same bytes) and exit.
+    /// The model is documented in docs/strategies.md (§ Backtesting, generated prices).
+    #[arg(long, value_name = "FILE")]
+    generate_prices: Option<PathBuf>,
+    /// Print the time of each phase (load, run, write) and the run's intervals per second
+    /// to stderr (never into the report files).
+    #[arg(long)]
+    timings: bool,
 }
 
 /// `vpp backtest --session FILE`.
@@ -151,6 +162,10 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
     if let Some(path) = args.session.clone() {
         return run_session(&args, &path);
     }
+    if let Some(path) = &args.generate_prices {
+        return generate_prices(&args, path);
+    }
+    let started = std::time::Instant::now();
     let file = std::fs::File::open(&args.prices)
         .with_context(|| format!("--prices {}: cannot open", args.prices.display()))?;
     let format = backtest::CsvFormat {
@@ -170,6 +185,7 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
     let mut risk = risk_engine(&args, &cfg)?;
     let mut clearing = AuctionClearing;
     let mut bar = Progress::new();
+    let loaded = started.elapsed();
     let report = backtest::run(
         &cfg,
         &prices,
@@ -179,6 +195,7 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
         &mut |done, total| bar.show(done, total),
     )?;
     bar.finish();
+    let ran = started.elapsed();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("--out {}: cannot create", args.out.display()))?;
     let write = |name: &str, text: &str| {
@@ -186,13 +203,53 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     write("report.json", &report.to_json()?)?;
-    write("intervals.csv", &report.intervals_csv())?;
+    let csv_path = args.out.join("intervals.csv");
+    let csv_file = std::fs::File::create(&csv_path)
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    let mut csv = std::io::BufWriter::with_capacity(1 << 20, csv_file);
+    report
+        .write_intervals_csv(&mut csv)
+        .and_then(|()| std::io::Write::flush(&mut csv))
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
     let summary = report.summary();
     write("summary.txt", &summary)?;
     print!("{summary}");
     println!(
         "wrote {}/{{report.json,intervals.csv,summary.txt}}",
         args.out.display()
+    );
+    if args.timings {
+        let run_s = (ran - loaded).as_secs_f64();
+        let intervals = report.intervals_delivered as f64;
+        eprintln!(
+            "timings: load {:.3} s, run {:.3} s ({:.0} intervals/s, {} strategies), write {:.3} s, total {:.3} s",
+            loaded.as_secs_f64(),
+            run_s,
+            if run_s > 0.0 { intervals / run_s } else { 0.0 },
+            report.strategies.len(),
+            (started.elapsed() - ran).as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `vpp backtest --generate-prices FILE`: see [`crate::backtest::gen_prices`].
+fn generate_prices(args: &BacktestArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let from = args.from.pred_opt().unwrap_or(args.from);
+    let to = args.to.succ_opt().unwrap_or(args.to);
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("--generate-prices {}: cannot create", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let rows = gen_prices::write_csv(&mut out, from, to, args.timezone, args.seed)
+        .with_context(|| format!("--generate-prices {}: cannot write", path.display()))?;
+    std::io::Write::flush(&mut out)
+        .with_context(|| format!("--generate-prices {}: cannot write", path.display()))?;
+    println!(
+        "wrote {} 15-minute prices ({from} .. {to}, seed {}) to {}",
+        rows,
+        args.seed,
+        path.display()
     );
     Ok(())
 }

@@ -109,3 +109,37 @@ fn bad_rules_fail_with_the_rule_named() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_price_rows_name_file_line_and_column_and_write_no_report() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prices = dir.path().join("bad.csv");
+    std::fs::write(
+        &prices,
+        "interval_start_local,price_eur_per_mwh\n2023-06-01T00:00:00,50\n2023-06-01T01:00:00,abc\n",
+    )
+    .expect("write csv");
+    let out = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_vpp"))
+        .args([
+            "backtest",
+            "--prices",
+            prices.to_str().expect("utf-8"),
+            "--from",
+            "2023-06-01",
+            "--to",
+            "2023-06-01",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run vpp");
+    assert!(!output.status.success(), "a bad price must fail the run");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("bad.csv"), "names the file: {err}");
+    assert!(
+        err.contains("line 3, column 2"),
+        "names line and column: {err}"
+    );
+    assert!(!out.exists(), "no report written");
+}

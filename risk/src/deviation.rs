@@ -89,7 +89,8 @@ impl DeviationMonitor {
     pub fn new(policy: DeviationPolicy, max_entries: usize) -> Self {
         Self {
             policy,
-            worst: map_with_capacity(max_entries.min(65_536)),
+            // Grows to `max_entries` when needed; a smaller start keeps the per-tick prune cheap.
+            worst: map_with_capacity(max_entries.min(1024)),
             max_entries: max_entries.max(1),
         }
     }

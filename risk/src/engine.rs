@@ -44,6 +44,10 @@ use vpp_engine::Timestamp;
 
 /// Intervals of filled history kept after delivery (for the exposure view), in intervals.
 const RETAINED_PAST_INTERVALS: i64 = INTERVALS_PER_DAY as i64;
+/// Initial size of the per-interval maps (they grow to `max_position_keys` when needed):
+/// each tick prunes them with `retain`, which walks every bucket, so a map pre-sized for
+/// 20,000 keys holding a few hundred cost the backtest more than all its checks.
+const INITIAL_POSITION_KEYS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RiskError {
@@ -246,11 +250,11 @@ impl RiskEngine {
             open_orders: map_with_capacity(s.max_open_orders),
             seen: set_with_capacity(s.remembered_client_order_ids + s.max_open_orders),
             seen_fifo: VecDeque::with_capacity(s.remembered_client_order_ids + 1),
-            agg_positions: map_with_capacity(s.max_position_keys),
-            strat_positions: map_with_capacity(s.max_position_keys),
-            flex: map_with_capacity(s.max_position_keys),
-            books: map_with_capacity(s.max_position_keys),
-            references: map_with_capacity(s.max_position_keys),
+            agg_positions: map_with_capacity(s.max_position_keys.min(INITIAL_POSITION_KEYS)),
+            strat_positions: map_with_capacity(s.max_position_keys.min(INITIAL_POSITION_KEYS)),
+            flex: map_with_capacity(s.max_position_keys.min(INITIAL_POSITION_KEYS)),
+            books: map_with_capacity(s.max_position_keys.min(INITIAL_POSITION_KEYS)),
+            references: map_with_capacity(s.max_position_keys.min(INITIAL_POSITION_KEYS)),
             kill: KillSwitchState::new(
                 s.kill_switch_history,
                 s.max_aggregations + s.max_strategies,
@@ -405,12 +409,6 @@ impl RiskEngine {
         }
         let now_index = interval_index(DeliveryInterval::containing(now));
         let horizon = self.sizing.storage_horizon_intervals;
-        let seed: Vec<(i64, NetBucket)> = self
-            .flex
-            .iter()
-            .filter(|((a, _), _)| *a == aggregation)
-            .map(|((_, idx), f)| (*idx, f.energy))
-            .collect();
         let agg = self.agg_mut(aggregation)?;
         match (budget, agg.storage.as_mut()) {
             (None, _) => agg.storage = None,
@@ -419,11 +417,16 @@ impl RiskEngine {
                 s.set_budget(b);
             }
             (Some(b), None) => {
+                // Seeded from the open flexibility only when the schedule is new (collecting
+                // it on every budget update walked the whole map each tick).
                 let mut s = StorageSchedule::new(b, now_index, horizon);
-                for (idx, e) in seed {
-                    s.add(idx, e.filled_net_sold_mw(), e.open_sell_mw, e.open_buy_mw);
+                for ((a, idx), f) in &self.flex {
+                    if *a == aggregation {
+                        let e = f.energy;
+                        s.add(*idx, e.filled_net_sold_mw(), e.open_sell_mw, e.open_buy_mw);
+                    }
                 }
-                agg.storage = Some(s);
+                self.agg_mut(aggregation)?.storage = Some(s);
             }
         }
         Ok(())

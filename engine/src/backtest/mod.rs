@@ -56,8 +56,9 @@ use thiserror::Error;
 
 /// Most strategies in one run.
 pub const MAX_STRATEGIES: usize = 64;
-/// Longest run, days.
-pub const MAX_DAYS: i64 = 3_700;
+/// Longest run, days (≈ 300 years: a sanity bound, not a limit of the data — the run's
+/// per-day state is a few schedule entries, and prices cost 16 bytes per interval).
+pub const MAX_DAYS: i64 = 110_000;
 /// Most intents and reports handled within one 15-minute step.
 pub const MAX_WORK_PER_STEP: usize = 100_000;
 

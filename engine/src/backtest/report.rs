@@ -323,6 +323,45 @@ impl SocPct {
     }
 }
 
+/// Two ASCII digits.
+fn push_2(out: &mut String, n: u32) {
+    out.push(char::from(b'0' + (n / 10 % 10) as u8));
+    out.push(char::from(b'0' + (n % 10) as u8));
+}
+
+/// `YYYY-MM-DD`, as `NaiveDate`'s `Display` (which it falls back to outside years 0..=9999).
+fn push_date(out: &mut String, day: chrono::NaiveDate) {
+    use chrono::Datelike as _;
+    let y = day.year();
+    if !(0..=9999).contains(&y) {
+        let _ = write!(out, "{day}");
+        return;
+    }
+    let y = y.unsigned_abs();
+    push_2(out, y / 100);
+    push_2(out, y % 100);
+    out.push('-');
+    push_2(out, day.month());
+    out.push('-');
+    push_2(out, day.day());
+}
+
+/// `YYYY-MM-DDTHH:MMZ`, as `DeliveryInterval`'s `Display`.
+fn push_interval(out: &mut String, interval: DeliveryInterval) {
+    use chrono::Timelike as _;
+    let t = interval.start().naive_utc();
+    if !(0..=9999).contains(&chrono::Datelike::year(&t)) {
+        let _ = write!(out, "{interval}");
+        return;
+    }
+    push_date(out, t.date());
+    out.push('T');
+    push_2(out, t.hour());
+    out.push(':');
+    push_2(out, t.minute());
+    out.push('Z');
+}
+
 fn pct(part: Decimal, whole: Decimal) -> Decimal {
     if whole == Decimal::ZERO {
         return Decimal::ZERO;
@@ -341,31 +380,46 @@ impl BacktestReport {
 
     /// One row per strategy and delivered interval.
     pub fn intervals_csv(&self) -> String {
-        let mut out = String::from(
-            "strategy,interval_start_utc,local_day,price_cny_per_mwh,bought_mwh,sold_mwh,pnl_cny,cum_pnl_cny,soc_pct\n",
-        );
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = self.write_intervals_csv(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// [`Self::intervals_csv`] streamed to a writer (the binary writes it straight to the
+    /// file: no copy of the whole CSV in memory). Timestamps are formatted by hand, as
+    /// `DeliveryInterval`'s and `NaiveDate`'s `Display` would (tested), since chrono's
+    /// formatter was the largest cost of writing a long run.
+    pub fn write_intervals_csv(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(
+            b"strategy,interval_start_utc,local_day,price_cny_per_mwh,bought_mwh,sold_mwh,pnl_cny,cum_pnl_cny,soc_pct\n",
+        )?;
+        let mut line = String::with_capacity(160);
         for s in &self.strategies {
             for r in &s.intervals {
-                let price = r
-                    .price_cny_per_mwh
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
+                line.clear();
+                line.push_str(&s.name);
+                line.push(',');
+                push_interval(&mut line, r.interval);
+                line.push(',');
+                push_date(&mut line, r.day);
+                line.push(',');
+                if let Some(p) = r.price_cny_per_mwh {
+                    let _ = write!(line, "{p}");
+                }
                 let _ = writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{},{}",
-                    s.name,
-                    r.interval,
-                    r.day,
-                    price,
+                    line,
+                    ",{},{},{},{},{}",
                     r.bought_mwh.normalize(),
                     r.sold_mwh.normalize(),
                     r.pnl_cny.round_dp(2),
                     r.cum_pnl_cny.round_dp(2),
                     r.soc_pct
                 );
+                out.write_all(line.as_bytes())?;
             }
         }
-        out
+        Ok(())
     }
 
     /// A human summary: the run, the DST handling, and one line per strategy.
@@ -429,5 +483,36 @@ impl BacktestReport {
             );
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_formatted_times_match_display() {
+        let mut t = chrono::NaiveDate::from_ymd_opt(1999, 12, 31)
+            .and_then(|d| d.and_hms_opt(22, 0, 0))
+            .map(|t| t.and_utc())
+            .unwrap();
+        for _ in 0..300 {
+            let i = DeliveryInterval::containing(t);
+            let mut out = String::new();
+            push_interval(&mut out, i);
+            out.push(' ');
+            push_date(&mut out, t.date_naive());
+            assert_eq!(out, format!("{i} {}", t.date_naive()));
+            t += chrono::Duration::minutes(15 * 97);
+        }
+        for d in [
+            chrono::NaiveDate::from_ymd_opt(5, 1, 2).unwrap(),
+            chrono::NaiveDate::from_ymd_opt(-3, 1, 2).unwrap(),
+            chrono::NaiveDate::from_ymd_opt(12345, 6, 7).unwrap(),
+        ] {
+            let mut out = String::new();
+            push_date(&mut out, d);
+            assert_eq!(out, d.to_string());
+        }
     }
 }
