@@ -100,8 +100,12 @@ pub struct IntervalDelivery {
     /// The energy award the Dispatch actor scheduled: Σ net sold MW over the markets that
     /// deliver energy (regulation and reserve awards hold headroom and are not in it).
     pub award_mw: Decimal,
-    /// The aggregation's metered delivery above its baselines, MW (mean over the interval).
+    /// The aggregation's metered delivery: Σ over the members it instructed of their part of
+    /// `metered − natural baseline`, MW (mean over the interval).
     pub delivered_mw: Decimal,
+    /// The same over the members it did not instruct (forecast drift of wind and PV): not a
+    /// deviation of the delivery, reported with the record, never penalised.
+    pub imbalance_mw: Decimal,
     pub resources: Vec<ResourceDelivery>,
 }
 
@@ -804,6 +808,7 @@ mod tests {
             positions: vec![(DA, sold(Decimal::ONE, 300))],
             award_mw: Decimal::ONE,
             delivered_mw: Decimal::ONE,
+            imbalance_mw: Decimal::ZERO,
             resources: vec![
                 ResourceDelivery {
                     resource_id: ResourceId(1),
@@ -824,6 +829,7 @@ mod tests {
             positions: vec![(RT, sold(Decimal::ONE, 400))],
             award_mw: Decimal::ONE,
             delivered_mw: d(9, 1),
+            imbalance_mw: Decimal::ZERO,
             resources: vec![
                 ResourceDelivery {
                     resource_id: ResourceId(1),
@@ -1002,6 +1008,7 @@ mod tests {
             positions,
             award_mw,
             delivered_mw,
+            imbalance_mw: Decimal::ZERO,
             resources: [1, 2]
                 .map(|r| ResourceDelivery {
                     resource_id: ResourceId(r),
