@@ -15,6 +15,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
+use vpp_actors::live::settlement::PenaltyReference;
 use vpp_engine::aggregation::{AggregationBook, ResourceFeed};
 use vpp_engine::dispatch::{DeviationBand, DispatchMethod, TrackerConfig};
 use vpp_engine::error::ValidationError;
@@ -364,6 +365,11 @@ pub struct SettlementConfig {
     /// (0..=100, default 0: the venue sends no AGC signal, so no mileage is measured).
     #[serde(default)]
     pub regulation_mileage_mw_per_mw: Decimal,
+    /// The price a deviation penalty is computed from: `real_time` (default: the real-time
+    /// market's published price for the interval, else the day-ahead one), `day_ahead`, or
+    /// `statement` (the awarded quantity's own price).
+    #[serde(default)]
+    pub penalty_reference: PenaltyReference,
 }
 
 impl Default for SettlementConfig {
@@ -380,6 +386,7 @@ impl Default for SettlementConfig {
             cny_per_eur: default_cny_per_eur(),
             rates_as_of: default_rates_as_of(),
             regulation_mileage_mw_per_mw: Decimal::ZERO,
+            penalty_reference: PenaltyReference::default(),
         }
     }
 }
@@ -416,6 +423,7 @@ pub struct SettlementSettings {
     pub rates: RatesTable,
     /// Deemed regulation mileage, MW per MW of capacity per interval.
     pub regulation_mileage_mw_per_mw: Decimal,
+    pub penalty_reference: PenaltyReference,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -772,6 +780,7 @@ impl Builder {
             rule,
             rates,
             regulation_mileage_mw_per_mw: mileage,
+            penalty_reference: s.penalty_reference,
         })
     }
 

@@ -539,6 +539,7 @@ async fn start_core(
             markets: markets.clone(),
             kinds: kinds.clone(),
             writer: settlement_writer.clone(),
+            penalty_reference: park.settlement.penalty_reference,
         };
         let settlement = SupervisedActor::new(
             core_spec(
