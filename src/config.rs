@@ -22,6 +22,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
+use vpp_actors::live::settlement::PenaltyReference;
 use vpp_engine::aggregation::{AggregationBook, ResourceFeed};
 use vpp_engine::dispatch::{DeviationBand, DispatchMethod, TrackerConfig};
 use vpp_engine::error::ValidationError;
@@ -420,6 +421,11 @@ pub struct SettlementConfig {
     /// (0..=100, default 0: the venue sends no AGC signal, so no mileage is measured).
     #[serde(default)]
     pub regulation_mileage_mw_per_mw: Decimal,
+    /// The price a deviation penalty is computed from: `real_time` (default: the real-time
+    /// market's published price for the interval, else the day-ahead one), `day_ahead`, or
+    /// `statement` (the awarded quantity's own price).
+    #[serde(default)]
+    pub penalty_reference: PenaltyReference,
 }
 
 impl Default for SettlementConfig {
@@ -436,6 +442,7 @@ impl Default for SettlementConfig {
             cny_per_eur: default_cny_per_eur(),
             rates_as_of: default_rates_as_of(),
             regulation_mileage_mw_per_mw: Decimal::ZERO,
+            penalty_reference: PenaltyReference::default(),
         }
     }
 }
@@ -472,6 +479,7 @@ pub struct SettlementSettings {
     pub rates: RatesTable,
     /// Deemed regulation mileage, MW per MW of capacity per interval.
     pub regulation_mileage_mw_per_mw: Decimal,
+    pub penalty_reference: PenaltyReference,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1010,6 +1018,7 @@ impl Builder {
             rule,
             rates,
             regulation_mileage_mw_per_mw: mileage,
+            penalty_reference: s.penalty_reference,
         })
     }
 

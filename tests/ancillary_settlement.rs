@@ -3,7 +3,7 @@
 //! `vpp-north` and a DR responder for `vpp-south`, a deemed mileage of 0.5 MW per MW
 //! (`[settlement] regulation_mileage_mw_per_mw`). The venue clears the offer and awards the
 //! response; the Settlement actors must store draft records with
-//! - a `regulation_capacity` line (capacity MW × 0.25 h × the clearing price) and a
+//! - a `regulation_capacity` line (capacity MW × the clearing price quoted in CNY/MW per interval) and a
 //!   `regulation_mileage` line at the venue's announced mileage price (12 CNY/MW, the
 //!   simulator's default, which only reaches settlement through the connector's ancillary
 //!   result) for 0.5 × the capacity MW;
@@ -166,7 +166,6 @@ fn regulation_and_demand_response_awards_are_settled_by_the_daemon() {
         lines[lines.len().saturating_sub(30)..].join("\n")
     );
 
-    let quarter = Decimal::new(25, 2);
     let mut regulation = 0;
     let mut demand = 0;
     for r in &stored {
@@ -189,17 +188,17 @@ fn regulation_and_demand_response_awards_are_settled_by_the_daemon() {
                 r.aggregation_id, l.kind, l.quantity_mwh, l.price_cny_per_mwh, l.amount_cny
             );
         }
-        if let Some((capacity_mwh, price, value)) = amount(r, "regulation_capacity") {
+        if let Some((capacity_mw, price, value)) = amount(r, "regulation_capacity") {
             regulation += 1;
             assert!(price > Decimal::ZERO, "{r:?}");
-            let rounded = (capacity_mwh * price).round_dp(2);
-            assert_eq!(value, rounded, "capacity = MW × 0.25 h × price");
+            let rounded = (capacity_mw * price).round_dp(2);
+            assert_eq!(value, rounded, "capacity = MW × the quoted CNY/MW per interval");
             let (mileage_mw, mileage_price, _) =
                 amount(r, "regulation_mileage").expect("a mileage line beside the capacity");
             // Deemed mileage 0.5 MW per MW of capacity, at the venue's announced 12 CNY/MW.
             assert_eq!(
                 mileage_mw,
-                capacity_mwh / quarter * Decimal::new(5, 1),
+                capacity_mw * Decimal::new(5, 1),
                 "{r:?}"
             );
             assert_eq!(mileage_price, Decimal::from(12), "{r:?}");

@@ -50,11 +50,14 @@ fn member(id: u64, rng: &mut ChaCha8Rng) -> (DispatchUnitSpec, UnitState) {
         energy_capacity_kwh: energy,
         soc_min_pct: energy.map(|_| Decimal::from(5)),
         soc_max_pct: energy.map(|_| Decimal::from(95)),
+        round_trip_efficiency: None,
     };
     let state = UnitState {
         baseline_kw: min + (max - min) * fraction,
         soc_pct: soc.map(Decimal::from),
         available: rng.gen_bool(0.97),
+        ceiling_kw: None,
+        floor_kw: None,
     };
     (spec, state)
 }

@@ -6,10 +6,17 @@
 //! - Power is positive when generating/exporting, negative when consuming. An award of `+x`
 //!   MW asks the aggregation to deliver `x` MW more than its baseline (generate more or
 //!   consume less); `-x` asks it to consume more or generate less.
-//! - Every resource has a *baseline* ([`UnitState::baseline_kw`]): what it runs at without the
-//!   award, typically its latest metered power. A setpoint is `baseline_kw + delta_kw`; the
-//!   award is shared out as deltas. The baseline is set by the caller for each interval; it is
-//!   not moved by telemetry (otherwise the headroom would drift as resources follow setpoints).
+//! - **Dispatch is absolute, per interval.** Every resource has a *natural baseline*
+//!   ([`UnitState::baseline_kw`]): what it does with no instruction at all (storage and custom
+//!   kinds: 0 kW; PV and wind: what the sun or wind gives; loads and EV chargers: their own
+//!   consumption), kept by [`crate::schedule::NaturalBaseline`]. It never includes a previous
+//!   setpoint, so the setpoints of an interval are that interval's schedule (baseline + the
+//!   interval's award share) and never increments stacked on the last interval's output. The
+//!   baseline is set by the caller for each interval; it is not moved by telemetry (otherwise
+//!   the headroom would drift as resources follow setpoints).
+//! - What a resource can deliver *now* bounds it ([`UnitState::ceiling_kw`] /
+//!   [`UnitState::floor_kw`]): PV and wind can only be curtailed (their ceiling is their
+//!   natural power, 0 at night), a battery only what its SoC sustains for the interval.
 //! - A plan caused by an award is complete for its aggregation and interval: a member absent
 //!   from it has delta 0 (runs at its baseline). A correction plan amends the plan in force:
 //!   only the resources it lists change.
@@ -18,8 +25,9 @@
 //!   The deltas of several aggregations add up on the same baseline.
 //!
 //! Limits applied to each delta (the per-resource *cap* in the direction asked):
-//! - power: `baseline + delta` stays in `[min_power_kw, max_power_kw]` (when the baseline is
-//!   inside that range; a baseline outside it gives zero headroom on the side it overshoots);
+//! - power: `baseline + delta` stays in `[min_power_kw, max_power_kw]` narrowed by the
+//!   ceiling and floor (when the baseline is inside that range; a baseline outside it gives
+//!   zero headroom on the side it overshoots);
 //! - energy (resources with an energy capacity): the setpoint must be sustainable for the whole
 //!   15-minute interval from the stored energy above the SoC floor (discharge) or the room
 //!   below the SoC ceiling (charge); no SoC reading means no usable energy;
@@ -65,6 +73,7 @@ use crate::template::{
 use crate::Timestamp;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
+use rust_decimal::MathematicalOps;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use thiserror::Error;
@@ -139,6 +148,10 @@ pub struct DispatchUnitSpec {
     pub energy_capacity_kwh: Option<Decimal>,
     pub soc_min_pct: Option<Decimal>,
     pub soc_max_pct: Option<Decimal>,
+    /// Round-trip efficiency in (0, 1] (None: 1): the energy limit counts the losses of each
+    /// way as √η, so a setpoint it allows is sustainable for the whole interval.
+    #[serde(default)]
+    pub round_trip_efficiency: Option<Decimal>,
 }
 
 impl DispatchUnitSpec {
@@ -154,6 +167,7 @@ impl DispatchUnitSpec {
             energy_capacity_kwh: p.energy_capacity_kwh,
             soc_min_pct: p.soc_min_pct,
             soc_max_pct: p.soc_max_pct,
+            round_trip_efficiency: p.round_trip_efficiency,
         }
     }
 
@@ -196,6 +210,14 @@ impl DispatchUnitSpec {
                 ));
             }
         }
+        if let Some(eta) = self.round_trip_efficiency {
+            if eta <= Decimal::ZERO || eta > Decimal::ONE {
+                return Err(ValidationError::new(
+                    "round_trip_efficiency",
+                    format!("round_trip_efficiency {eta} outside (0, 1]"),
+                ));
+            }
+        }
         let (lo, hi) = self.soc_limits();
         if lo < Decimal::ZERO || hi > HUNDRED || lo >= hi {
             return Err(ValidationError::new(
@@ -218,10 +240,18 @@ impl DispatchUnitSpec {
 /// A member's live inputs to dispatch, set by the caller before each interval's dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitState {
-    /// Power without the award, kW (see the module docs).
+    /// Power without any instruction (the *natural* baseline), kW: see the module docs and
+    /// [`crate::schedule::NaturalBaseline`]. Never the power of a previous setpoint.
     pub baseline_kw: Decimal,
     pub soc_pct: Option<Decimal>,
     pub available: bool,
+    /// The most the resource can deliver now, kW (PV and wind: what the sun or wind gives,
+    /// i.e. their natural power; `None`: its `max_power_kw`).
+    #[serde(default)]
+    pub ceiling_kw: Option<Decimal>,
+    /// The least it can deliver now (most it can consume), kW (`None`: its `min_power_kw`).
+    #[serde(default)]
+    pub floor_kw: Option<Decimal>,
 }
 
 impl UnitState {
@@ -230,6 +260,8 @@ impl UnitState {
         baseline_kw: Decimal::ZERO,
         soc_pct: None,
         available: false,
+        ceiling_kw: None,
+        floor_kw: None,
     };
 
     /// Baseline = latest metered power; available = active and reporting available.
@@ -239,6 +271,8 @@ impl UnitState {
                 baseline_kw: t.power_kw,
                 soc_pct: t.soc_pct,
                 available: resource.is_available(),
+                ceiling_kw: None,
+                floor_kw: None,
             },
             None => Self::OFFLINE,
         }
@@ -256,6 +290,14 @@ impl UnitState {
                 return Err(ValidationError::new(
                     "soc_pct",
                     format!("soc_pct {soc} outside 0..=100"),
+                ));
+            }
+        }
+        for (field, x) in [("ceiling_kw", self.ceiling_kw), ("floor_kw", self.floor_kw)] {
+            if x.is_some_and(|x| x.abs() > MAX_POWER_KW) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("{field} {x:?} outside ±{MAX_POWER_KW}"),
                 ));
             }
         }
@@ -425,15 +467,27 @@ impl Unit {
         }
         let share = spec.share_pct / HUNDRED;
         let base = state.baseline_kw;
-        let mut up_kw = (spec.max_power_kw - base).max(Decimal::ZERO);
-        let mut down_kw = (base - spec.min_power_kw).max(Decimal::ZERO);
+        // What the resource can do now: its range, narrowed by sun/wind or presence.
+        let max_now = state
+            .ceiling_kw
+            .map_or(spec.max_power_kw, |c| c.min(spec.max_power_kw));
+        let min_now = state
+            .floor_kw
+            .map_or(spec.min_power_kw, |f| f.max(spec.min_power_kw));
+        let mut up_kw = (max_now - base).max(Decimal::ZERO);
+        let mut down_kw = (base - min_now).max(Decimal::ZERO);
         let (lo, hi) = spec.soc_limits();
         let mut frac = 0.0;
         if let Some(capacity) = spec.energy_capacity_kwh {
+            // Energy deliverable at the terminals: stored × √η out, room / √η in.
+            let sqrt_eta = spec
+                .round_trip_efficiency
+                .and_then(|e| e.sqrt())
+                .unwrap_or(Decimal::ONE);
             let (above_kwh, below_kwh) = match state.soc_pct {
                 Some(soc) => (
-                    (soc - lo).max(Decimal::ZERO) / HUNDRED * capacity,
-                    (hi - soc).max(Decimal::ZERO) / HUNDRED * capacity,
+                    (soc - lo).max(Decimal::ZERO) / HUNDRED * capacity * sqrt_eta,
+                    (hi - soc).max(Decimal::ZERO) / HUNDRED * capacity / sqrt_eta,
                 ),
                 None => (Decimal::ZERO, Decimal::ZERO),
             };

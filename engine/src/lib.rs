@@ -21,6 +21,7 @@ pub mod order;
 pub mod park_sim;
 pub mod position;
 pub mod resource;
+pub mod schedule;
 pub mod settlement;
 pub mod strategy;
 pub mod template;

@@ -11,18 +11,24 @@
 //! - energy = day-ahead MW × 0.25 h × day-ahead clearing price;
 //! - real-time deviation = (real-time MW − day-ahead MW) × 0.25 h × real-time price (a missing
 //!   day-ahead award counts as 0 MW);
+//! - netted legs: a market position that nets to 0 MW still moved money (sold 1 MW @279.08,
+//!   bought 1 MW @284.65): each leg is its own line of the market's kind, `±MW × 0.25 h ×
+//!   leg price` (−1.39 CNY in that example), as a trading centre settles both legs;
 //! - deviation penalty: the *awarded* schedule is the real-time quantity if there is one, else
-//!   the day-ahead one. With `dev = delivered − awarded` and the allowance
+//!   the day-ahead one, else 0 MW when only netted legs were traded. With `dev = delivered − awarded` and the allowance
 //!   `band% × |awarded|` (the same as `|dev| / |awarded| > band`, without dividing by a zero
 //!   award), the excess `max(0, |dev| − allowance)` MW is penalised at
 //!   `|price base| × multiplier` (over- or under-delivery multiplier by the sign of `dev`). The
-//!   price base is the interval's clearing price (real-time if present, else day-ahead) or a
-//!   monthly average; its absolute value is used so a negative price never pays a deviator.
+//!   price base is the market's reference price for the interval
+//!   ([`IntervalInput::reference_price_cny_per_mwh`], chosen per province: real-time clearing
+//!   price, day-ahead price or the statement's price), or a monthly average; without a
+//!   reference price the awarded quantity's own price is the fallback. Its absolute value is
+//!   used so a negative price never pays a deviator.
 //! - exemption: the exempt kinds' share of the deviation is not penalised. That share is
 //!   `Σ|dev_r|` over resources of exempt kinds divided by `Σ|dev_r|` over all resources
 //!   (`dev_r = delivered_r − scheduled_r`); without per-resource data it is 0.
-//! - regulation capacity = MW × 0.25 h × capacity price (CNY/MW·h); mileage = mileage MW ×
-//!   mileage price (CNY/MW);
+//! - regulation capacity = MW × capacity price, the price as the venue quotes it: CNY per MW
+//!   of capacity per interval (no × 0.25 h); mileage = mileage MW × mileage price (CNY/MW);
 //! - demand response = min(max(curtailed, 0), committed) MWh × DR price.
 //!
 //! Per day: revenue = all lines but penalties; penalties = the penalty lines (negative);
@@ -235,7 +241,9 @@ pub struct Cleared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegulationAward {
     pub capacity_mw: Decimal,
-    pub capacity_price_cny_per_mw_h: Decimal,
+    /// CNY per MW of capacity per interval, as the venue quotes it.
+    #[serde(alias = "capacity_price_cny_per_mw_h")]
+    pub capacity_price_cny_per_mw: Decimal,
     pub mileage_mw: Decimal,
     pub mileage_price_cny_per_mw: Decimal,
 }
@@ -271,6 +279,22 @@ pub struct IntervalInput {
     pub demand_response: Option<DemandResponseEvent>,
     #[serde(default)]
     pub resources: Vec<ResourceDelivery>,
+    /// Legs of positions that net to 0 MW, each settled as its own line (module docs).
+    #[serde(default)]
+    pub netted_legs: Vec<NettedLeg>,
+    /// The market's reference price for the interval, CNY/MWh: the penalty's price base
+    /// under [`PriceBase::ClearingPrice`] (None: the awarded quantity's own price).
+    #[serde(default)]
+    pub reference_price_cny_per_mwh: Option<Decimal>,
+}
+
+/// One leg of a position that nets to 0 MW: `quantity_mw` is signed (+ sold, − bought).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NettedLeg {
+    /// [`LineKind::Energy`] (day-ahead) or [`LineKind::RealTimeDeviation`] (real time).
+    pub kind: LineKind,
+    pub quantity_mw: Decimal,
+    pub price_cny_per_mwh: Decimal,
 }
 
 impl IntervalInput {
@@ -284,8 +308,8 @@ impl IntervalInput {
             check_non_negative("capacity_mw", r.capacity_mw, MAX_QUANTITY_MW)?;
             check_non_negative("mileage_mw", r.mileage_mw, MAX_QUANTITY_MW)?;
             check_non_negative(
-                "capacity_price_cny_per_mw_h",
-                r.capacity_price_cny_per_mw_h,
+                "capacity_price_cny_per_mw",
+                r.capacity_price_cny_per_mw,
                 MAX_PRICE_CNY,
             )?;
             check_non_negative(
@@ -298,6 +322,22 @@ impl IntervalInput {
             check_non_negative("committed_mwh", d.committed_mwh, MAX_QUANTITY_MW)?;
             check_bound("curtailed_mwh", d.curtailed_mwh, MAX_QUANTITY_MW)?;
             check_non_negative("price_cny_per_mwh", d.price_cny_per_mwh, MAX_PRICE_CNY)?;
+        }
+        for l in &self.netted_legs {
+            check_bound("quantity_mw", l.quantity_mw, MAX_QUANTITY_MW)?;
+            check_bound("price_cny_per_mwh", l.price_cny_per_mwh, MAX_PRICE_CNY)?;
+            if !matches!(l.kind, LineKind::Energy | LineKind::RealTimeDeviation) {
+                return Err(ValidationError::new(
+                    "netted_legs",
+                    format!(
+                        "a netted leg is energy or real time, not {}",
+                        l.kind.as_str()
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = self.reference_price_cny_per_mwh {
+            check_bound("reference_price_cny_per_mwh", p, MAX_PRICE_CNY)?;
         }
         for r in &self.resources {
             check_bound("scheduled_mw", r.scheduled_mw, MAX_QUANTITY_MW)?;
@@ -322,8 +362,8 @@ pub struct DayInput {
     pub intervals: Vec<IntervalInput>,
 }
 
-/// What a line settles. Quantity units: mileage in MW, everything else in MWh (regulation
-/// capacity as MW held × hours).
+/// What a line settles. Quantity units: regulation capacity and mileage in MW, everything
+/// else in MWh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LineKind {
@@ -356,10 +396,10 @@ impl LineKind {
         }
     }
 
-    /// Unit of the line's quantity; capacity held is MW × h, written MWh.
+    /// Unit of the line's quantity; regulation capacity is MW held for the interval.
     pub fn unit(self) -> &'static str {
         match self {
-            LineKind::RegulationMileage => "MW",
+            LineKind::RegulationMileage | LineKind::RegulationCapacity => "MW",
             _ => "MWh",
         }
     }
@@ -516,6 +556,14 @@ fn settle_interval(
             rt.price_cny_per_mwh,
         ));
     }
+    for leg in &input.netted_legs {
+        lines.push(SettlementLine::new(
+            iv,
+            leg.kind,
+            leg.quantity_mw * INTERVAL_HOURS,
+            leg.price_cny_per_mwh,
+        ));
+    }
     if let Some(line) = penalty_line(input, rule, kinds) {
         lines.push(line);
     }
@@ -523,8 +571,8 @@ fn settle_interval(
         lines.push(SettlementLine::new(
             iv,
             LineKind::RegulationCapacity,
-            r.capacity_mw * INTERVAL_HOURS,
-            r.capacity_price_cny_per_mw_h,
+            r.capacity_mw,
+            r.capacity_price_cny_per_mw,
         ));
         lines.push(SettlementLine::new(
             iv,
@@ -551,7 +599,16 @@ fn penalty_line(
     rule: &PenaltyRule,
     kinds: &BTreeMap<ResourceId, ResourceKind>,
 ) -> Option<SettlementLine> {
-    let awarded = input.real_time.or(input.day_ahead)?;
+    let awarded = input.real_time.or(input.day_ahead).or_else(|| {
+        // Only netted legs: the schedule is 0 MW at the reference price (or the first leg's).
+        let price = input
+            .reference_price_cny_per_mwh
+            .or(input.netted_legs.first().map(|l| l.price_cny_per_mwh))?;
+        Some(Cleared {
+            quantity_mw: Decimal::ZERO,
+            price_cny_per_mwh: price,
+        })
+    })?;
     let dev = input.delivered_mw - awarded.quantity_mw;
     let allowance = rule.tolerance_band_pct / HUNDRED * awarded.quantity_mw.abs();
     let excess_mw = dev.abs() - allowance;
@@ -559,7 +616,9 @@ fn penalty_line(
         return None;
     }
     let base = match rule.price_base {
-        PriceBase::ClearingPrice => awarded.price_cny_per_mwh,
+        PriceBase::ClearingPrice => input
+            .reference_price_cny_per_mwh
+            .unwrap_or(awarded.price_cny_per_mwh),
         PriceBase::MonthlyAverage(p) => p,
     };
     let multiplier = if dev > Decimal::ZERO {

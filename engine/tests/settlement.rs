@@ -71,6 +71,8 @@ fn interval(at: DeliveryInterval, delivered_mw: Decimal) -> IntervalInput {
         regulation: None,
         demand_response: None,
         resources: Vec::new(),
+        netted_legs: Vec::new(),
+        reference_price_cny_per_mwh: None,
     }
 }
 
@@ -317,7 +319,7 @@ fn golden_regulation_award() {
     let regulation = |mileage_mw| {
         Some(RegulationAward {
             capacity_mw: dec!(5),
-            capacity_price_cny_per_mw_h: dec!(12.5),
+            capacity_price_cny_per_mw: dec!(12.5),
             mileage_mw,
             mileage_price_cny_per_mw: dec!(6.8),
         })
@@ -342,33 +344,32 @@ fn golden_regulation_award() {
         vec![i1, i2],
     );
     let record = SettlementRecord::settle(&input, &rule(), rates()).unwrap();
-    // Each interval: capacity 5 MW × 0.25 h × 12.5 = 15.625 → 15.62 (half-even, 2 is even).
+    // Each interval: capacity 5 MW × 12.5 CNY/MW per interval, as the venue quotes it = 62.50
+    // (observed: × 0.25 h was applied, paying 15.62).
     // Mileage 30 × 6.8 = 204.00, then 17.5 × 6.8 = 119.00. Demand response: curtailed 0.65
     // capped at the committed 0.5 MWh × 800 = 400.00. No energy award: no penalty.
     assert_eq!(
         amounts(&record),
         vec![
-            (LineKind::RegulationCapacity, dec!(15.62)),
+            (LineKind::RegulationCapacity, dec!(62.50)),
             (LineKind::RegulationMileage, dec!(204.00)),
-            (LineKind::RegulationCapacity, dec!(15.62)),
+            (LineKind::RegulationCapacity, dec!(62.50)),
             (LineKind::RegulationMileage, dec!(119.00)),
             (LineKind::DemandResponse, dec!(400.00)),
         ]
     );
     let totals = record.totals(Currency::Cny);
-    assert_eq!(totals.regulation_capacity, dec!(31.24));
+    assert_eq!(totals.regulation_capacity, dec!(125.00));
     assert_eq!(totals.regulation_mileage, dec!(323.00));
-    assert_eq!(totals.net, dec!(754.24));
+    assert_eq!(totals.net, dec!(848.00));
     // Energy 301: (1.0 + 1.2) × 0.25 = 0.55, 302: 0.125, 303: 0.65; Σ 1.325.
-    // 754.24 × 0.55/1.325 = 313.0808 → 313.08; × 0.125/1.325 = 71.1547 → 71.15;
-    // × 0.65/1.325 = 370.0045 → 370.00. Σ 754.23: the remaining 0.01 goes to the largest
-    // contributor 303 → 370.01.
+    // 848 × 0.55/1.325 = 352.00; × 0.125/1.325 = 80.00; × 0.65/1.325 = 416.00.
     assert_eq!(
         shares(&record, Currency::Cny),
         vec![
-            (301, dec!(313.08), dec!(0.00)),
-            (302, dec!(71.15), dec!(0.00)),
-            (303, dec!(370.01), dec!(0.00))
+            (301, dec!(352.00), dec!(0.00)),
+            (302, dec!(80.00), dec!(0.00)),
+            (303, dec!(416.00), dec!(0.00))
         ]
     );
     assert_shares_add_up(&record);
@@ -493,4 +494,71 @@ fn bad_inputs_are_refused() {
     bad_rates.cny_per_usd = dec!(0);
     let err = SettlementRecord::settle(&input, &rule(), bad_rates).unwrap_err();
     assert!(matches!(err, SettlementError::Invalid(ref e) if e.field == "cny_per_usd"));
+}
+
+/// Observed: sell 1 MW @279.08 and buy 1 MW @284.65 in one interval settled 0.00. Both legs
+/// settle: 0.25 × 279.08 = 69.77, −0.25 × 284.65 = −71.1625 → −71.16 (half-even); net −1.39.
+/// The schedule is 0 MW and 0 MW was delivered: no penalty.
+#[test]
+fn golden_netted_position_settles_both_legs() {
+    let mut i = interval(iv(9, 0), dec!(0));
+    i.netted_legs = vec![
+        NettedLeg {
+            kind: LineKind::RealTimeDeviation,
+            quantity_mw: dec!(1),
+            price_cny_per_mwh: dec!(279.08),
+        },
+        NettedLeg {
+            kind: LineKind::RealTimeDeviation,
+            quantity_mw: dec!(-1),
+            price_cny_per_mwh: dec!(284.65),
+        },
+    ];
+    i.reference_price_cny_per_mwh = Some(dec!(260.54));
+    let record = SettlementRecord::settle(&day(vec![], vec![i.clone()]), &rule(), rates()).unwrap();
+    assert_eq!(
+        amounts(&record),
+        vec![
+            (LineKind::RealTimeDeviation, dec!(69.77)),
+            (LineKind::RealTimeDeviation, dec!(-71.16)),
+        ]
+    );
+    assert_eq!(record.totals(Currency::Cny).net, dec!(-1.39));
+    // Delivering 0.1 MW against that 0 MW schedule is penalised at the market's reference
+    // price: 0.1 × 0.25 × 260.54 × 1 (over-delivery multiplier of the rule) = 6.5135 → 6.51.
+    i.delivered_mw = dec!(0.1);
+    let record = SettlementRecord::settle(&day(vec![], vec![i]), &rule(), rates()).unwrap();
+    let penalty = record
+        .lines()
+        .iter()
+        .find(|l| l.kind == LineKind::DeviationPenalty)
+        .unwrap();
+    assert_eq!(
+        penalty.price_cny,
+        dec!(260.54) * rule().over_delivery_multiplier
+    );
+}
+
+/// Observed: the penalty used the plant's own average fill price (4.71 CNY/MWh) where the
+/// market's reference price was 260.54. With a reference price, it is used.
+#[test]
+fn the_penalty_uses_the_markets_reference_price_not_the_fill_price() {
+    let mut i = interval(iv(9, 0), dec!(0.5));
+    i.real_time = Some(Cleared {
+        quantity_mw: dec!(1),
+        price_cny_per_mwh: dec!(4.71),
+    });
+    i.reference_price_cny_per_mwh = Some(dec!(260.54));
+    let record = SettlementRecord::settle(&day(vec![], vec![i]), &rule(), rates()).unwrap();
+    let penalty = record
+        .lines()
+        .iter()
+        .find(|l| l.kind == LineKind::DeviationPenalty)
+        .unwrap();
+    // Under-delivery 0.5 MW, allowance 3 % of 1 MW = 0.03: excess 0.47 MW × 0.25 h.
+    assert_eq!(penalty.quantity, dec!(0.1175));
+    assert_eq!(
+        penalty.price_cny,
+        dec!(260.54) * rule().under_delivery_multiplier
+    );
 }

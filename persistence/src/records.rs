@@ -539,6 +539,37 @@ impl Store {
         Ok(out)
     }
 
+    /// Every (aggregation, interval) that has a settlement line with an interval starting at
+    /// or after `since`: what is already settled, so a restart settles nothing twice.
+    /// Bounded by `limit` rows.
+    pub async fn settled_intervals(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(AggregationId, DeliveryInterval)>, StoreError> {
+        let rows: Vec<(i64, Option<i64>)> = with_pool!(self, read, |pool| sqlx::query_as(
+            "SELECT DISTINCT r.aggregation_id, l.interval_us FROM settlement_lines l \
+             JOIN settlement_records r ON r.id = l.record_id \
+             WHERE l.interval_us IS NOT NULL AND l.interval_us >= $1 \
+             ORDER BY l.interval_us LIMIT $2"
+        )
+        .bind(ts_to_us(since))
+        .bind(page(limit))
+        .fetch_all(pool)
+        .await)
+        .ctx(|| format!("list settled intervals since {since}"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (agg, iv) in rows {
+            if let Some(iv) = opt_interval("settlement_lines.interval_us", iv)? {
+                out.push((
+                    AggregationId(i64_to_id("settlement_records.aggregation_id", agg)?),
+                    iv,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     async fn settlement_with_lines(
         &self,
         r: SettlementRow,

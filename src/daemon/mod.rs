@@ -370,6 +370,7 @@ pub async fn run(mut park: Park, store: Store, opts: RunOptions) -> anyhow::Resu
 
     // 5. Strategies, then the park and the timers that drive them.
     let mut live = live;
+    replay_unsettled_positions(&store, clock.now(), &live).await?;
     let mut lifecycle = lifecycle::Lifecycle::new(
         lifecycle::StrategyCtx {
             rt: rt.clone(),
@@ -609,6 +610,8 @@ async fn start_core(
     // OMS and risk address each other (and dispatch feeds risk's deviation monitor): risk's
     // sender reaches them through a slot.
     let risk_slot = Arc::new(OnceLock::new());
+    // One setpoint book for the park: a resource shared by aggregations gets Σ their deltas.
+    let book = vpp_actors::live::dispatch::SharedBook::default();
     for agg in park.aggregations.aggregations() {
         let mut members = Vec::new();
         let mut kinds = std::collections::BTreeMap::new();
@@ -634,8 +637,9 @@ async fn start_core(
             rates: park.settlement.rates,
             regulation_mileage_mw_per_mw: park.settlement.regulation_mileage_mw_per_mw,
             markets: markets.clone(),
-            kinds,
+            kinds: kinds.clone(),
             writer: settlement_writer.clone(),
+            penalty_reference: park.settlement.penalty_reference,
         };
         let settlement = SupervisedActor::new(
             core_spec(
@@ -676,6 +680,11 @@ async fn start_core(
                 .filter(|m| m.kind.holds_headroom())
                 .map(|m| m.id)
                 .collect(),
+            behaviours: kinds
+                .iter()
+                .map(|(id, k)| (*id, vpp_engine::schedule::Behaviour::of(k)))
+                .collect(),
+            book: book.clone(),
         };
         let logic = DispatchLogic::new(fleet, w).map_err(|e| anyhow::anyhow!(e))?;
         let handle = SupervisedActor::new(
@@ -941,6 +950,57 @@ async fn timer_loop(
             }
         }
     }
+}
+
+/// Positions replayed from the journal reach the Dispatch actors (and through them
+/// settlement): every position of the last [`REPLAY_SETTLEMENT_DAYS`] days whose interval has
+/// no settlement line yet. An interval already over settles with zero delivery at the next
+/// interval start; one still ahead is dispatched when it starts. Nothing is settled twice.
+const REPLAY_SETTLEMENT_DAYS: i64 = 2;
+
+async fn replay_unsettled_positions(
+    store: &Store,
+    now: vpp_engine::Timestamp,
+    live: &Live,
+) -> anyhow::Result<()> {
+    let since = now - chrono::Duration::days(REPLAY_SETTLEMENT_DAYS);
+    let settled: std::collections::HashSet<_> = store
+        .settled_intervals(since, 100_000)
+        .await
+        .context("cannot read the settled intervals")?
+        .into_iter()
+        .collect();
+    let positions: Vec<_> = live
+        .ledger
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .positions()
+        .iter()
+        .filter(|(k, _)| k.interval.start() >= since)
+        .filter(|(k, _)| !settled.contains(&(k.aggregation_id, k.interval)))
+        .map(|(k, p)| (*k, p.clone()))
+        .collect();
+    let mut sent = 0usize;
+    for (key, position) in positions {
+        for d in &live.dispatch {
+            let msg = ToDispatch::Position {
+                key,
+                position: position.clone(),
+            };
+            match d.try_send(msg) {
+                Ok(()) => sent += 1,
+                Err(e) => tracing::error!(error = %e, aggregation = %key.aggregation_id,
+                    interval = %key.interval, "replayed position not handed to dispatch: \
+                    this interval will not be settled"),
+            }
+        }
+    }
+    tracing::info!(
+        sent,
+        already_settled = settled.len(),
+        "unsettled positions replayed to dispatch"
+    );
+    Ok(())
 }
 
 fn sum_counters(m: &MetricsSnapshot, name: &str) -> u64 {

@@ -59,6 +59,12 @@ pub async fn run(
     loop {
         tokio::select! {
             sp = setpoints.recv() => match sp {
+                Some(sp) if sp.released => {
+                    // No aggregation moves it: it runs on its own (a battery rests).
+                    if let Err(e) = sim.clear_setpoint(sp.resource_id) {
+                        tracing::warn!(error = %e, "setpoint release refused by the park");
+                    }
+                }
                 Some(sp) => {
                     if let Err(e) = sim.set_setpoint(sp.resource_id, sp.setpoint_kw) {
                         tracing::warn!(error = %e, "setpoint refused by the park");

@@ -4,18 +4,29 @@
 //! power (`DeviationTracker`), journals every instruction with its cause, and hands each ended
 //! interval's positions and metered delivery to the Settlement actor.
 //!
-//! Per interval:
-//! - at its start, every member's [`UnitState`] is set from its latest telemetry (baseline =
-//!   metered power, SoC, availability; no telemetry yet: offline). The baselines then stay
-//!   fixed for the interval, as the closed loop requires;
+//! Per interval (dispatch is absolute: see `vpp_engine::dispatch` and `vpp_engine::schedule`):
+//! - at its start, every member's [`UnitState`] is set from its *natural* baseline
+//!   ([`NaturalBaseline`]: storage 0 kW, PV/wind what the weather gives and a ceiling there,
+//!   loads and EV chargers the persistence of their uninstructed power, an EV charger's floor
+//!   the cars present) with the SoC and availability of its latest telemetry (no telemetry
+//!   yet: offline). The baselines then stay fixed for the interval, as the closed loop
+//!   requires. A baseline never contains a setpoint, so setpoints never stack;
+//! - every member gets this interval's setpoint: baseline + its delta, written into the
+//!   park's shared [`SetpointBook`] and sent as the resource's combined setpoint (Σ deltas of
+//!   every aggregation holding a share of it in this interval); a member no aggregation moves
+//!   is *released* (runs on its own: a battery rests), never left on an older setpoint;
 //! - the award (Σ net sold MW over the markets that deliver energy; regulation and reserve
 //!   awards are headroom held for the system operator and dispatch nothing) is dispatched; a
 //!   non-zero award's plan is tracked. Each telemetry sample of a tracked resource is observed; when one stays outside
 //!   the band for N consecutive samples its shortfall is re-dispatched to the others with
 //!   headroom (`DeviationTracker::correct`), sent and journaled with cause `correction`;
-//! - delivery is measured as each member's mean `metered − baseline` over the interval's
-//!   samples (MW, positive = delivered more). A resource shared with other aggregations is
-//!   attributed its whole metered change (the park has one meter per resource);
+//! - delivery is measured per member as the mean over the interval's samples of its part of
+//!   `metered − baseline` ([`SetpointBook::attribute_kw`]: its own delta plus its share of
+//!   what no aggregation scheduled, so a shared battery is counted once across aggregations).
+//!   The aggregation's delivery is the sum over the members it instructed (delta ≠ 0); the
+//!   change of the members it did not instruct (forecast drift of wind and PV, loads off
+//!   their persistence baseline) is its *imbalance*, reported apart and never penalised as a
+//!   deviation of the delivery;
 //! - at the next interval's start the ended interval goes to settlement (positions, delivery,
 //!   per-resource schedule and delivery). Intervals with positions but never dispatched here
 //!   (the daemon was not running) settle with zero delivery.
@@ -46,6 +57,7 @@ use vpp_engine::ids::{AggregationId, MarketId, ResourceId};
 use vpp_engine::market::DeliveryInterval;
 use vpp_engine::position::Position;
 use vpp_engine::resource::Telemetry;
+use vpp_engine::schedule::{Behaviour, CombinedSetpoint, NaturalBaseline, SetpointBook};
 use vpp_engine::settlement::ResourceDelivery;
 use vpp_persistence::{DispatchInstruction as StoredInstruction, Store};
 
@@ -64,13 +76,30 @@ pub const JOURNAL_TOTAL: &str = "vpp_dispatch_journal_total";
 /// Counter of closed-loop corrections (label `aggregation`).
 pub const CORRECTIONS_TOTAL: &str = "vpp_dispatch_corrections_total";
 
-/// A setpoint for the park or the broker.
+/// A setpoint for the park or the broker: the resource's combined setpoint for the interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setpoint {
     pub resource_id: ResourceId,
     pub setpoint_kw: Decimal,
     pub interval: Option<DeliveryInterval>,
+    /// No aggregation moves the resource: it runs on its own (`setpoint_kw` is then its
+    /// natural baseline, for a device that needs a number).
+    pub released: bool,
 }
+
+impl Setpoint {
+    fn of(c: CombinedSetpoint) -> Self {
+        Self {
+            resource_id: c.resource_id,
+            setpoint_kw: c.setpoint_kw,
+            interval: Some(c.interval),
+            released: c.released,
+        }
+    }
+}
+
+/// The park's setpoint book, shared by every Dispatch actor (held for microseconds).
+pub type SharedBook = Arc<Mutex<SetpointBook>>;
 
 /// The producer side of the dispatch journal: a bounded channel to a batching writer task.
 #[derive(Clone)]
@@ -186,6 +215,11 @@ pub struct DispatchWiring {
     /// Markets whose awards are headroom held for the system operator (regulation, reserve:
     /// [`vpp_engine::market::MarketKind::holds_headroom`]): no energy is dispatched for them.
     pub headroom_markets: BTreeSet<MarketId>,
+    /// How each member behaves without an instruction (from its kind); a member missing here
+    /// is taken as `Profile` (persistence of its uninstructed power).
+    pub behaviours: BTreeMap<ResourceId, Behaviour>,
+    /// The park's setpoint book (one per daemon, shared by every Dispatch actor).
+    pub book: SharedBook,
 }
 
 /// What is measured of the interval in force.
@@ -196,34 +230,51 @@ struct Delivering {
     baseline_kw: BTreeMap<ResourceId, Decimal>,
     /// This aggregation's delta in force per resource, kW (award, amended by corrections).
     scheduled_kw: BTreeMap<ResourceId, Decimal>,
-    /// Σ (metered − baseline) kW and sample count per resource.
+    /// Σ of this aggregation's part of (metered − baseline), kW, and sample count per resource.
     metered: BTreeMap<ResourceId, (Decimal, u32)>,
 }
 
+/// An ended interval's metering: the instructed members' delivery, the others' imbalance.
+struct Metered {
+    delivered_mw: Decimal,
+    imbalance_mw: Decimal,
+    resources: Vec<ResourceDelivery>,
+}
+
 impl Delivering {
-    fn finish(self) -> (Decimal, Vec<ResourceDelivery>) {
-        let mut total_mw = Decimal::ZERO;
+    fn finish(self) -> Metered {
+        let (mut delivered_mw, mut imbalance_mw) = (Decimal::ZERO, Decimal::ZERO);
         let mut resources = Vec::with_capacity(self.baseline_kw.len());
         for rid in self.baseline_kw.keys() {
-            let delivered_kw = match self.metered.get(rid) {
+            let part_kw = match self.metered.get(rid) {
                 Some((sum, n)) if *n > 0 => *sum / Decimal::from(*n),
                 _ => Decimal::ZERO,
             };
-            let delivered_mw = (delivered_kw / THOUSAND).round_dp(6);
-            total_mw += delivered_mw;
+            let part_mw = (part_kw / THOUSAND).round_dp(6);
+            let scheduled_kw = self.scheduled_kw.get(rid).copied().unwrap_or_default();
+            if scheduled_kw.is_zero() {
+                imbalance_mw += part_mw;
+            } else {
+                delivered_mw += part_mw;
+            }
             resources.push(ResourceDelivery {
                 resource_id: *rid,
-                scheduled_mw: self.scheduled_kw.get(rid).copied().unwrap_or_default() / THOUSAND,
-                delivered_mw,
+                scheduled_mw: scheduled_kw / THOUSAND,
+                delivered_mw: part_mw,
             });
         }
-        (total_mw, resources)
+        Metered {
+            delivered_mw,
+            imbalance_mw,
+            resources,
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct DispatchLogic {
     fleet: DispatchFleet,
+    natural: NaturalBaseline,
     tracker: DeviationTracker,
     positions: BTreeMap<DeliveryInterval, BTreeMap<MarketId, Position>>,
     latest: BTreeMap<ResourceId, Telemetry>,
@@ -243,8 +294,10 @@ impl DispatchLogic {
         let corrections = w
             .metrics
             .counter(CORRECTIONS_TOTAL, &[("aggregation", w.name.as_str())]);
+        let natural = NaturalBaseline::new(w.behaviours.iter().map(|(k, v)| (*k, *v)));
         Ok(Self {
             fleet,
+            natural,
             tracker,
             positions: BTreeMap::new(),
             latest: BTreeMap::new(),
@@ -269,20 +322,21 @@ impl DispatchLogic {
         self.current.as_ref().map(|c| c.interval)
     }
 
-    /// Sets every member's state from its latest telemetry; returns the baselines set.
+    /// Sets every member's state from its natural baseline and latest telemetry; returns the
+    /// baselines set.
     fn refresh_states(&mut self) -> BTreeMap<ResourceId, Decimal> {
         let mut baselines = BTreeMap::new();
         let ids: Vec<ResourceId> = self.latest.keys().copied().collect();
         for id in ids {
             let t = &self.latest[&id];
-            let state = UnitState {
-                baseline_kw: t.power_kw,
-                soc_pct: t.soc_pct,
-                available: t.available,
-            };
+            let state = self.natural.state(id, t.soc_pct, t.available);
+            if state == UnitState::OFFLINE {
+                let _ = self.fleet.set_state(id, state);
+                continue;
+            }
             match self.fleet.set_state(id, state) {
                 Ok(()) => {
-                    baselines.insert(id, t.power_kw);
+                    baselines.insert(id, state.baseline_kw);
                 }
                 Err(e) => {
                     tracing::warn!(aggregation = %self.w.name, resource = %id, error = %e,
@@ -325,6 +379,7 @@ impl DispatchLogic {
             metered: BTreeMap::new(),
         });
         if award_mw.is_zero() {
+            self.schedule_members(interval, None);
             return;
         }
         let request = DispatchRequest {
@@ -346,9 +401,40 @@ impl DispatchLogic {
                 if let Err(e) = self.tracker.track_plan(&plan) {
                     tracing::warn!(aggregation = %self.w.name, error = %e, "plan not tracked");
                 }
+                self.schedule_members(interval, Some(&plan));
                 self.issue(&plan, interval);
             }
-            Err(e) => tracing::warn!(aggregation = %self.w.name, error = %e, "dispatch failed"),
+            Err(e) => {
+                tracing::warn!(aggregation = %self.w.name, error = %e, "dispatch failed");
+                self.schedule_members(interval, None);
+            }
+        }
+    }
+
+    /// Writes this interval's delta of every member into the park's book (0 for members the
+    /// plan leaves out) and sends the combined setpoint of each member the plan does not set
+    /// (those it sets go out with [`Self::issue`]): nothing keeps an older interval's setpoint.
+    fn schedule_members(&mut self, interval: DeliveryInterval, plan: Option<&DispatchPlan>) {
+        let mut book = self.w.book.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in self.w.behaviours.keys() {
+            if plan.is_some_and(|p| p.instructions.iter().any(|i| i.resource_id == *id)) {
+                continue;
+            }
+            let baseline = self
+                .fleet
+                .state_of(*id)
+                .map_or(Decimal::ZERO, |s| s.baseline_kw);
+            let combined = book.set(
+                self.w.aggregation_id,
+                *id,
+                interval,
+                baseline,
+                Decimal::ZERO,
+            );
+            // Sent under the lock: the park receives the combinations in the order written.
+            if let Err(e) = self.w.setpoints.try_send(Setpoint::of(combined)) {
+                tracing::warn!(resource = %id, error = %e, "setpoint queue full");
+            }
         }
     }
 
@@ -368,13 +454,18 @@ impl DispatchLogic {
             if let Some(cur) = self.current.as_mut() {
                 cur.scheduled_kw.insert(i.resource_id, i.delta_kw);
             }
-            let sp = Setpoint {
-                resource_id: i.resource_id,
-                setpoint_kw: i.setpoint_kw,
-                interval: Some(interval),
-            };
-            if let Err(e) = self.w.setpoints.try_send(sp) {
-                tracing::warn!(resource = %i.resource_id, error = %e, "setpoint queue full");
+            {
+                let mut book = self.w.book.lock().unwrap_or_else(PoisonError::into_inner);
+                let combined = book.set(
+                    self.w.aggregation_id,
+                    i.resource_id,
+                    interval,
+                    i.baseline_kw,
+                    i.delta_kw,
+                );
+                if let Err(e) = self.w.setpoints.try_send(Setpoint::of(combined)) {
+                    tracing::warn!(resource = %i.resource_id, error = %e, "setpoint queue full");
+                }
             }
             let mut detail = detail.clone();
             if let serde_json::Value::Object(m) = &mut detail {
@@ -418,9 +509,13 @@ impl DispatchLogic {
         }
         for i in ended {
             let markets = self.positions.remove(&i).unwrap_or_default();
-            let (delivered_mw, resources) = match delivered.take_if(|d| d.interval == i) {
+            let metered = match delivered.take_if(|d| d.interval == i) {
                 Some(d) => d.finish(),
-                None => (Decimal::ZERO, Vec::new()),
+                None => Metered {
+                    delivered_mw: Decimal::ZERO,
+                    imbalance_mw: Decimal::ZERO,
+                    resources: Vec::new(),
+                },
             };
             if markets.is_empty() {
                 // Nothing was traded for it: nothing to settle.
@@ -431,8 +526,9 @@ impl DispatchLogic {
                 interval: i,
                 award_mw: self.energy_award_mw(&markets),
                 positions: markets.into_iter().collect(),
-                delivered_mw,
-                resources,
+                delivered_mw: metered.delivered_mw,
+                imbalance_mw: metered.imbalance_mw,
+                resources: metered.resources,
             };
             tracing::info!(aggregation = %self.w.name, interval = %i,
                 delivered_mw = %delivery.delivered_mw, "interval delivered");
@@ -449,15 +545,39 @@ impl DispatchLogic {
     }
 
     fn observe(&mut self, id: ResourceId, t: &Telemetry) -> bool {
-        if let Some(cur) = self.current.as_mut() {
-            if let Some(baseline) = cur.baseline_kw.get(&id) {
-                let e = cur.metered.entry(id).or_insert((Decimal::ZERO, 0));
-                e.0 += t.power_kw - baseline;
-                e.1 = e.1.saturating_add(1);
-            }
-        }
+        let share_pct = self
+            .fleet
+            .spec_of(id)
+            .map_or(Decimal::ONE_HUNDRED, |s| s.share_pct);
+        let Some(cur) = self.current.as_mut() else {
+            // Before the first interval: everything runs on its own.
+            self.natural.observe(id, t.power_kw, None);
+            return false;
+        };
+        let (instructed, part) = {
+            let book = self.w.book.lock().unwrap_or_else(PoisonError::into_inner);
+            let instructed = book
+                .combined(id, cur.interval)
+                .filter(|c| !c.released)
+                .map(|c| c.setpoint_kw);
+            let part = cur.baseline_kw.get(&id).map(|baseline| {
+                let change = t.power_kw - baseline;
+                let part =
+                    book.attribute_kw(self.w.aggregation_id, id, cur.interval, share_pct, change);
+                (*baseline, part)
+            });
+            (instructed, part)
+        };
+        self.natural.observe(id, t.power_kw, instructed);
+        let Some((baseline, part)) = part else {
+            return false;
+        };
+        let e = cur.metered.entry(id).or_insert((Decimal::ZERO, 0));
+        e.0 += part;
+        e.1 = e.1.saturating_add(1);
+        // The closed loop follows this aggregation's part of the resource.
         matches!(
-            self.tracker.observe(id, t.power_kw),
+            self.tracker.observe(id, baseline + part),
             Observation::Tripped { .. }
         )
     }
@@ -569,6 +689,7 @@ mod tests {
             energy_capacity_kwh: None,
             soc_min_pct: None,
             soc_max_pct: None,
+            round_trip_efficiency: None,
         };
         (spec, UnitState::OFFLINE)
     }
@@ -608,6 +729,10 @@ mod tests {
             settlement: None,
             deviation: None,
             headroom_markets: BTreeSet::new(),
+            behaviours: (1..=costs.len() as u64)
+                .map(|i| (ResourceId(i), Behaviour::Profile))
+                .collect(),
+            book: SharedBook::default(),
         };
         Rig {
             logic: DispatchLogic::new(fleet, w).unwrap(),
@@ -662,7 +787,9 @@ mod tests {
             let mut out = BTreeMap::new();
             while let Ok(sp) = self.setpoints.try_recv() {
                 assert_eq!(sp.interval, Some(self.interval));
-                out.insert(sp.resource_id.0, sp.setpoint_kw);
+                if !sp.released {
+                    out.insert(sp.resource_id.0, sp.setpoint_kw);
+                }
             }
             out
         }
@@ -719,15 +846,13 @@ mod tests {
         r.telemetry(&[100, 200, 200]);
         assert!(r.drain().is_empty(), "no correction before 3 samples");
         assert_eq!(r.logic.total_deviation_kw(), kw(-100));
-        // Third consecutive sample outside the band: its 100 kW shortfall moves to 2 and 3.
+        // Third consecutive sample outside the band: its 100 kW shortfall moves to 2 and 3;
+        // resource 1 is acknowledged at its baseline, i.e. released (it runs on its own).
         r.telemetry(&[100, 200, 200]);
         let correction = r.drain();
-        assert_eq!(
-            correction,
-            BTreeMap::from([(1, kw(100)), (2, kw(250)), (3, kw(250))])
-        );
-        // Σ setpoints − Σ baselines (3 × 100 kW) is still the 300 kW award.
-        let above_baselines: Decimal = correction.values().sum::<Decimal>() - kw(300);
+        assert_eq!(correction, BTreeMap::from([(2, kw(250)), (3, kw(250))]));
+        // Σ setpoints − Σ baselines (2 × 100 kW) is still the 300 kW award.
+        let above_baselines: Decimal = correction.values().sum::<Decimal>() - kw(200);
         assert_eq!(
             above_baselines,
             kw(300),
@@ -850,6 +975,32 @@ mod tests {
             ]
         );
         assert_eq!(d.delivered_mw, mw(24));
+    }
+
+    /// Observed: `battery-north` went −2 → 212 → 461 → 713 → 1000 kW under repeated 0.5 MW
+    /// sales (each interval's baseline was the previous setpoint); and it kept its setpoint
+    /// when no instruction came. Now each interval's setpoint is the schedule itself.
+    #[test]
+    fn repeated_sales_do_not_stack_and_an_unsold_interval_releases_the_battery() {
+        let mut r = rig(DispatchMethod::ProRata, DispatchJournal::disabled(), &[0]);
+        r.logic.w.behaviours = BTreeMap::from([(ResourceId(1), Behaviour::Idle)]);
+        r.logic.natural = NaturalBaseline::new([(ResourceId(1), Behaviour::Idle)]);
+        r.telemetry(&[-2]);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            r.award(Decimal::new(25, 2));
+            seen.push(r.drain().get(&1).copied());
+            // The battery follows its setpoint for the whole interval.
+            let sp = seen.last().copied().flatten().unwrap_or_default();
+            r.telemetry(&[i64::try_from(sp.trunc().mantissa()).unwrap_or(0)]);
+            r.interval = r.interval.next();
+        }
+        assert_eq!(seen, vec![Some(kw(250)); 4], "0.25 MW sold each interval");
+        // Nothing sold: the battery is released (rests), not left at 250 kW.
+        Handles::<ToDispatch>::handle(&mut r.logic, ToDispatch::IntervalStart(r.interval)).unwrap();
+        let sp = r.setpoints.try_recv().unwrap();
+        assert!(sp.released, "{sp:?}");
+        assert_eq!(sp.setpoint_kw, kw(0));
     }
 
     #[test]

@@ -15,13 +15,15 @@
 //!
 //! Positions become the engine's inputs by their market's kind (a quantity is the net sold MW):
 //! - day-ahead: the `day_ahead` line; real-time and capacity lease: the `real_time` line; the
-//!   price is the net value over the net MW (a position netting to 0 MW settles nothing). The
+//!   price is the net value over the net MW. A market kind whose positions net to 0 MW while
+//!   money moved settles both legs (`netted_legs`: sold MW at the sold average, bought MW at
+//!   the bought average). The
 //!   engine's real-time quantity is the whole schedule, settled against day-ahead, while the
 //!   live real-time position is what real time added: the quantity passed is day-ahead MW +
 //!   the real-time net MW;
 //! - regulation: capacity MW = the net sold MW, capacity price = the position's own fill price
 //!   (net value / net MW: the venue fills regulation offers at the capacity clearing price,
-//!   quoted per MW of capacity and taken as CNY/MW·h, so a line is MW × 0.25 h × price).
+//!   quoted in CNY per MW of capacity per interval, so a line is MW × price, as quoted).
 //!   **Mileage rule**: the venue sends no AGC signal, so no mileage is measured; the mileage
 //!   paid is a deemed one, `mileage MW = capacity MW × [settlement]
 //!   regulation_mileage_mw_per_mw` (default 0: no mileage is paid unless the operator states a
@@ -30,6 +32,12 @@
 //! - demand response: committed MWh = net sold MW × 0.25 h, price = the invitation's announced
 //!   price (without one, the fill price, which the venue sets to the invitation's price);
 //! - several markets of one kind are summed, prices weighted by MW;
+//! - **penalty price**: the market's reference price for the interval, by
+//!   [`PenaltyReference`] (`[settlement] penalty_reference`): `real_time` (default: the
+//!   real-time market's clearing/reference price the venue published for the interval, else
+//!   the day-ahead one), `day_ahead`, or `statement` (the awarded quantity's own price, as on
+//!   the plant's statement). Published prices arrive as [`Announcement::Reference`] from the
+//!   MarketConnector (auction clearing prices and reference prices), kept like the others;
 //! - reserve positions (no line in the engine), positions in unknown markets, and regulation or
 //!   DR positions netting to a purchase are not settled: counted in
 //!   `vpp_settlement_unsettled_total{aggregation,what}` and logged at warn.
@@ -69,8 +77,8 @@ use vpp_engine::ids::{AggregationId, MarketId, ResourceId};
 use vpp_engine::market::{DeliveryInterval, Market, MarketKind};
 use vpp_engine::position::Position;
 use vpp_engine::settlement::{
-    Cleared, Currency, DayInput, DemandResponseEvent, IntervalInput, PenaltyRule, RatesTable,
-    RegulationAward, ResourceDelivery, ResourceInfo, SettlementRecord,
+    Cleared, Currency, DayInput, DemandResponseEvent, IntervalInput, LineKind, NettedLeg,
+    PenaltyRule, RatesTable, RegulationAward, ResourceDelivery, ResourceInfo, SettlementRecord,
 };
 use vpp_engine::strategy::MarketData;
 use vpp_engine::template::ResourceKind;
@@ -100,8 +108,12 @@ pub struct IntervalDelivery {
     /// The energy award the Dispatch actor scheduled: Σ net sold MW over the markets that
     /// deliver energy (regulation and reserve awards hold headroom and are not in it).
     pub award_mw: Decimal,
-    /// The aggregation's metered delivery above its baselines, MW (mean over the interval).
+    /// The aggregation's metered delivery: Σ over the members it instructed of their part of
+    /// `metered − natural baseline`, MW (mean over the interval).
     pub delivered_mw: Decimal,
+    /// The same over the members it did not instruct (forecast drift of wind and PV): not a
+    /// deviation of the delivery, reported with the record, never penalised.
+    pub imbalance_mw: Decimal,
     pub resources: Vec<ResourceDelivery>,
 }
 
@@ -113,6 +125,12 @@ pub enum Announcement {
         market: MarketId,
         interval: DeliveryInterval,
         mileage_price_cny_per_mw: Decimal,
+    },
+    /// A market's reference (or clearing) price for an interval, CNY/MWh.
+    Reference {
+        market: MarketId,
+        interval: DeliveryInterval,
+        price_cny_per_mwh: Decimal,
     },
     /// A demand-response invitation: the price paid per MWh of load reduction.
     DemandResponse {
@@ -149,6 +167,22 @@ impl Announcement {
                 event_id,
                 price_cny_per_mwh,
             }),
+            MarketData::AuctionResult {
+                market,
+                interval,
+                clearing_price_cny_per_mwh: Some(price_cny_per_mwh),
+                ..
+            }
+            | MarketData::Price {
+                market,
+                interval,
+                reference_price_cny_per_mwh: price_cny_per_mwh,
+                ..
+            } => Some(Self::Reference {
+                market,
+                interval,
+                price_cny_per_mwh,
+            }),
             _ => None,
         }
     }
@@ -156,6 +190,9 @@ impl Announcement {
     fn key(&self) -> (DeliveryInterval, MarketId) {
         match *self {
             Self::Regulation {
+                market, interval, ..
+            }
+            | Self::Reference {
                 market, interval, ..
             }
             | Self::DemandResponse {
@@ -257,6 +294,19 @@ impl SettlementWriter {
     }
 }
 
+/// Which price a deviation penalty is computed from (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PenaltyReference {
+    /// The real-time market's published price for the interval, else the day-ahead one.
+    #[default]
+    RealTime,
+    /// The day-ahead market's published price for the interval.
+    DayAhead,
+    /// The awarded quantity's own price, as on the plant's statement.
+    Statement,
+}
+
 #[derive(Clone)]
 pub struct SettlementWiring {
     pub aggregation_id: AggregationId,
@@ -273,13 +323,19 @@ pub struct SettlementWiring {
     /// The kind of every member resource.
     pub kinds: BTreeMap<ResourceId, ResourceKind>,
     pub writer: SettlementWriter,
+    /// The price a deviation penalty is computed from.
+    pub penalty_reference: PenaltyReference,
 }
 
-/// Net sold MW and net value (MW × price) of one market's position.
+/// Net sold MW and net value (MW × price) of one market's position, with its legs.
 #[derive(Debug, Clone, Copy, Default)]
 struct Net {
     mw: Decimal,
     value: Decimal,
+    sold_mw: Decimal,
+    sold_value: Decimal,
+    bought_mw: Decimal,
+    bought_value: Decimal,
 }
 
 impl Net {
@@ -287,12 +343,39 @@ impl Net {
         Self {
             mw: p.net_sold_mw(),
             value: p.sold_value - p.bought_value,
+            sold_mw: p.sold_mw,
+            sold_value: p.sold_value,
+            bought_mw: p.bought_mw,
+            bought_value: p.bought_value,
         }
     }
 
     fn add(&mut self, other: Net) {
         self.mw += other.mw;
         self.value += other.value;
+        self.sold_mw += other.sold_mw;
+        self.sold_value += other.sold_value;
+        self.bought_mw += other.bought_mw;
+        self.bought_value += other.bought_value;
+    }
+
+    /// Both legs of a position netting to 0 MW that moved money (module docs).
+    fn netted_legs(&self, kind: LineKind) -> Vec<NettedLeg> {
+        if !self.mw.is_zero() || self.sold_mw.is_zero() || self.bought_mw.is_zero() {
+            return Vec::new();
+        }
+        vec![
+            NettedLeg {
+                kind,
+                quantity_mw: self.sold_mw,
+                price_cny_per_mwh: self.sold_value / self.sold_mw,
+            },
+            NettedLeg {
+                kind,
+                quantity_mw: -self.bought_mw,
+                price_cny_per_mwh: self.bought_value / self.bought_mw,
+            },
+        ]
     }
 }
 
@@ -512,8 +595,30 @@ impl SettlementLogic {
             }
         });
 
+        let mut netted_legs = Vec::new();
+        if let Some((n, _)) = day_ahead {
+            netted_legs.extend(n.netted_legs(LineKind::Energy));
+        }
+        if let Some((n, _)) = real_time {
+            netted_legs.extend(n.netted_legs(LineKind::RealTimeDeviation));
+        }
+        let published = |slot: Option<(Net, MarketId)>| {
+            slot.and_then(|(_, m)| match self.announced.get(&(iv, m)) {
+                Some(Announcement::Reference {
+                    price_cny_per_mwh, ..
+                }) => Some(*price_cny_per_mwh),
+                _ => None,
+            })
+        };
+        let reference_price_cny_per_mwh = match self.w.penalty_reference {
+            PenaltyReference::RealTime => published(real_time).or_else(|| published(day_ahead)),
+            PenaltyReference::DayAhead => published(day_ahead),
+            PenaltyReference::Statement => None,
+        };
         let input = IntervalInput {
             interval: iv,
+            netted_legs,
+            reference_price_cny_per_mwh,
             day_ahead: cleared(day_ahead, Decimal::ZERO),
             real_time: cleared(real_time, day_ahead_mw),
             delivered_mw: energy_delivered_mw,
@@ -583,7 +688,7 @@ impl SettlementLogic {
         }
         Some(RegulationAward {
             capacity_mw,
-            capacity_price_cny_per_mw_h: capacity_value / capacity_mw,
+            capacity_price_cny_per_mw: capacity_value / capacity_mw,
             mileage_mw: priced_mw * ratio,
             mileage_price_cny_per_mw: if priced_mw.is_zero() {
                 Decimal::ZERO
@@ -788,6 +893,7 @@ mod tests {
             ]),
             kinds: kinds.clone(),
             writer,
+            penalty_reference: PenaltyReference::default(),
         };
         let actor = SupervisedActor::new(
             SupervisorSpec::new("settlement/agg").mailbox_capacity(16),
@@ -807,6 +913,7 @@ mod tests {
             positions: vec![(DA, sold(Decimal::ONE, 300))],
             award_mw: Decimal::ONE,
             delivered_mw: Decimal::ONE,
+            imbalance_mw: Decimal::ZERO,
             resources: vec![
                 ResourceDelivery {
                     resource_id: ResourceId(1),
@@ -827,6 +934,7 @@ mod tests {
             positions: vec![(RT, sold(Decimal::ONE, 400))],
             award_mw: Decimal::ONE,
             delivered_mw: d(9, 1),
+            imbalance_mw: Decimal::ZERO,
             resources: vec![
                 ResourceDelivery {
                     resource_id: ResourceId(1),
@@ -873,6 +981,8 @@ mod tests {
                     regulation: None,
                     demand_response: None,
                     resources: delivery.resources.clone(),
+                    netted_legs: Vec::new(),
+                    reference_price_cny_per_mwh: None,
                 }],
             };
             SettlementRecord::settle(&input, &rule(), rates).unwrap()
@@ -983,6 +1093,7 @@ mod tests {
                 (ResourceId(2), ResourceKind::FlexibleLoad),
             ]),
             writer,
+            penalty_reference: PenaltyReference::default(),
         }
     }
 
@@ -1005,6 +1116,7 @@ mod tests {
             positions,
             award_mw,
             delivered_mw,
+            imbalance_mw: Decimal::ZERO,
             resources: [1, 2]
                 .map(|r| ResourceDelivery {
                     resource_id: ResourceId(r),
@@ -1121,7 +1233,8 @@ mod tests {
                 .unwrap_or_else(|| panic!("no record for {i}"))
         };
 
-        // Regulation, by hand: capacity 2 MW × 0.25 h × 30 = 15.00; deemed mileage 2 × 0.5 =
+        // Regulation, by hand: capacity 2 MW × 30 CNY/MW per interval as quoted = 60.00 (it was
+        // × 0.25 h = 15.00); deemed mileage 2 × 0.5 =
         // 1 MW × 12 CNY/MW = 12.00; no energy award, so no penalty.
         let reg = by_interval(first);
         assert_eq!(reg.market_id, REG);
@@ -1130,9 +1243,9 @@ mod tests {
             vec![
                 line(
                     LineKind::RegulationCapacity,
-                    d(5, 1),
+                    Decimal::TWO,
                     Decimal::from(30),
-                    d(1500, 2)
+                    d(6000, 2)
                 ),
                 line(
                     LineKind::RegulationMileage,
@@ -1142,7 +1255,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(reg.total_cny, d(2700, 2));
+        assert_eq!(reg.total_cny, d(7200, 2));
 
         // DR, by hand: committed 1 MW × 0.25 h; curtailed 1 MW × 0.25 h = 0.25 MWh × 800 =
         // 200.00.
@@ -1194,6 +1307,58 @@ mod tests {
         }
     }
 
+    /// Observed: sell 1 MW @279.08 + buy 1 MW @284.65 in one interval → 0.00 and no interval.
+    /// Both legs settle: 69.77 − 71.16 = −1.39. And the penalty uses the market's published
+    /// price for the interval (260.54), not the plant's own fill price.
+    #[test]
+    fn a_netted_position_settles_both_legs_and_penalties_use_the_published_price() {
+        let start = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
+        let clock = ManualClock::new(start);
+        let metrics = Metrics::new();
+        let mut logic = SettlementLogic::new(wiring(
+            &clock,
+            &metrics,
+            SettlementWriter::disabled(),
+            Decimal::ZERO,
+        ));
+        let iv = DeliveryInterval::containing(start);
+        let mut p = Position::default();
+        p.apply_fill(Side::Sell, Decimal::ONE, d(27908, 2));
+        p.apply_fill(Side::Buy, Decimal::ONE, d(28465, 2));
+        let (day, market) = logic
+            .day_input(&delivery(iv, vec![(RT, p)], Decimal::ZERO))
+            .expect("a netted position is settled");
+        assert_eq!(market, RT);
+        let record = SettlementRecord::settle(&day, &rule(), rates_at(clock.now())).unwrap();
+        assert_eq!(record.totals(Currency::Cny).net, d(-139, 2));
+
+        // 1 MW sold at 4.71 (the fill), 0.5 MW delivered; the market published 260.54.
+        logic.announce(Announcement::Reference {
+            market: RT,
+            interval: iv,
+            price_cny_per_mwh: d(26054, 2),
+        });
+        let mut fill = Position::default();
+        fill.apply_fill(Side::Sell, Decimal::ONE, d(471, 2));
+        let (day, _) = logic
+            .day_input(&delivery(iv, vec![(RT, fill)], d(5, 1)))
+            .unwrap();
+        assert_eq!(
+            day.intervals[0].reference_price_cny_per_mwh,
+            Some(d(26054, 2))
+        );
+        let record = SettlementRecord::settle(&day, &rule(), rates_at(clock.now())).unwrap();
+        let penalty = record
+            .lines()
+            .iter()
+            .find(|l| l.kind == LineKind::DeviationPenalty)
+            .unwrap();
+        assert_eq!(
+            penalty.price_cny,
+            d(26054, 2) * rule().under_delivery_multiplier
+        );
+    }
+
     #[test]
     fn real_time_settles_what_it_added_to_day_ahead_and_regulation_is_not_energy() {
         let start = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
@@ -1234,13 +1399,13 @@ mod tests {
             .map(|l| (l.kind, l.amount_cny))
             .collect();
         // By hand: day-ahead 1 × 0.25 × 300 = 75.00; real time (1.5 − 1) × 0.25 × 400 = 50.00;
-        // delivered = awarded, no penalty; capacity 2 × 0.25 × 30 = 15.00; mileage 0.
+        // delivered = awarded, no penalty; capacity 2 MW × 30 = 60.00 as quoted; mileage 0.
         assert_eq!(
             lines,
             vec![
                 (LineKind::Energy, d(7500, 2)),
                 (LineKind::RealTimeDeviation, d(5000, 2)),
-                (LineKind::RegulationCapacity, d(1500, 2)),
+                (LineKind::RegulationCapacity, d(6000, 2)),
                 (LineKind::RegulationMileage, d(0, 2)),
             ]
         );
@@ -1281,7 +1446,7 @@ mod tests {
             i.regulation,
             Some(RegulationAward {
                 capacity_mw: Decimal::TWO,
-                capacity_price_cny_per_mw_h: Decimal::from(30),
+                capacity_price_cny_per_mw: Decimal::from(30),
                 mileage_mw: Decimal::ZERO,
                 mileage_price_cny_per_mw: Decimal::ZERO,
             })
