@@ -192,15 +192,14 @@ fn regulation_and_demand_response_awards_are_settled_by_the_daemon() {
             regulation += 1;
             assert!(price > Decimal::ZERO, "{r:?}");
             let rounded = (capacity_mw * price).round_dp(2);
-            assert_eq!(value, rounded, "capacity = MW × the quoted CNY/MW per interval");
+            assert_eq!(
+                value, rounded,
+                "capacity = MW × the quoted CNY/MW per interval"
+            );
             let (mileage_mw, mileage_price, _) =
                 amount(r, "regulation_mileage").expect("a mileage line beside the capacity");
             // Deemed mileage 0.5 MW per MW of capacity, at the venue's announced 12 CNY/MW.
-            assert_eq!(
-                mileage_mw,
-                capacity_mw * Decimal::new(5, 1),
-                "{r:?}"
-            );
+            assert_eq!(mileage_mw, capacity_mw * Decimal::new(5, 1), "{r:?}");
             assert_eq!(mileage_price, Decimal::from(12), "{r:?}");
         }
         if let Some((paid_mwh, price, value)) = amount(r, "demand_response") {
