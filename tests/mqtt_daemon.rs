@@ -9,8 +9,8 @@
 //!    `vpp_aggregation_up_flex_kw` gauge in its metrics snapshot) move to 4 × (250 − 100) =
 //!    600 kW, then to 4 × (250 − 200) = 200 kW;
 //! 2. sees the dispatch setpoints of the traded intervals arrive on
-//!    `vpp/<site>/<resource>/setpoint`, each within the unit's range, and among them one below
-//!    the metered 200 kW (the strategy buys: PV is curtailed);
+//!    `vpp/<site>/<resource>/setpoint`, each for a resource of the park and within its unit's
+//!    range, and among them one below the metered 200 kW (the strategy buys: PV is curtailed);
 //! 3. sees the traded interval settled (`vpp_settlement_records_total{result="written"}`);
 //! 4. after SIGTERM (exit 0), finds the instructions journaled with cause `award` and the draft
 //!    settlement records in the store, each record's lines adding up to its total.
@@ -213,9 +213,24 @@ fn mqtt_telemetry_moves_capacity_and_setpoints_arrive_on_the_broker() {
             .strip_prefix(&format!("vpp/{run_id}/"))
             .and_then(|t| t.strip_suffix("/setpoint"))
             .unwrap();
-        assert!(resource.starts_with("pv-south-0"), "{topic}");
-        // Every setpoint stays within the unit's physical range (0..=250 kW).
-        assert!((0.0..=250.0).contains(kw), "{topic}: {kw} kW");
+        // Dispatch is absolute per interval: every member of a trading aggregation gets its
+        // schedule (a battery at rest gets 0 kW), not only the units publishing telemetry here.
+        // `count = N` resources are named `<name>-01` … `<name>-0N`.
+        let base = match resource.rsplit_once('-') {
+            Some((b, n)) if n.len() == 2 && n.bytes().all(|c| c.is_ascii_digit()) => b,
+            _ => resource,
+        };
+        assert!(
+            DEMO_CONFIG_TOML.contains(&format!("name = \"{base}\"")),
+            "{topic}: not a resource of the demo park"
+        );
+        if resource.starts_with("pv-south-0") {
+            // Every PV setpoint stays within the unit's physical range (0..=250 kW).
+            assert!((0.0..=250.0).contains(kw), "{topic}: {kw} kW");
+        } else {
+            // The demo's largest unit is the 1.5 MW wind turbine; batteries are ±1 MW.
+            assert!((-1000.0..=1500.0).contains(kw), "{topic}: {kw} kW");
+        }
     }
 
     // 3. The traded interval ends: it is settled and its draft record written.
